@@ -18,6 +18,7 @@ def validate_task_name(name: object) -> str:
     if not isinstance(name, str) or TASK_NAME_PATTERN.fullmatch(name) is None:
         shown = repr(name)[:80]
         raise InvalidArgument(
-            f"invalid task name {shown}: use 1-63 characters from a-z, 0-9, '_' and '-', starting with a letter or digit"
+            f"invalid task name {shown}: use 1-63 characters from a-z, 0-9, '_' and '-',"
+            " starting with a letter or digit"
         )
     return name

@@ -30,7 +30,9 @@ class MethodConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise InvalidArgument(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(known) or 'none'}")
+            raise InvalidArgument(
+                f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(known) or 'none'}"
+            )
         config = cls(**values)
         config.validate()
         return config

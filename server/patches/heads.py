@@ -52,7 +52,9 @@ class HeadSpec:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> HeadSpec:
-        return cls(str(values["problem_type"]), tuple(str(x) for x in values.get("labels", ())), str(values["pooling"]))
+        return cls(
+            str(values["problem_type"]), tuple(str(x) for x in values.get("labels", ())), str(values["pooling"])
+        )
 
 
 def init_head(hidden_size: int, spec: HeadSpec, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Protocol
 
 import torch
@@ -21,7 +22,10 @@ class PointApplier(Protocol):
     def apply(self, point: str, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor: ...
 
 
-_ROUTING: contextvars.ContextVar[Mapping[str, PointApplier]] = contextvars.ContextVar("taskpatch_routing", default={})
+_NO_PATCHES: Mapping[str, PointApplier] = MappingProxyType({})
+_ROUTING: contextvars.ContextVar[Mapping[str, PointApplier]] = contextvars.ContextVar(
+    "taskpatch_routing", default=_NO_PATCHES
+)
 
 
 def current_appliers() -> Mapping[str, PointApplier]:

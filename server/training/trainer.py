@@ -72,7 +72,9 @@ def encode_examples(model: PatchedModel, data: TaskData, examples: Sequence[Exam
         try:
             targets = torch.tensor([index[str(e.label)] for e in examples], dtype=torch.long)
         except KeyError as exc:
-            raise InvalidArgument(f"label {exc.args[0]!r} is not one of the task's labels {list(data.labels)}") from None
+            raise InvalidArgument(
+                f"label {exc.args[0]!r} is not one of the task's labels {list(data.labels)}"
+            ) from None
     else:
         targets = torch.tensor([float(e.label) for e in examples], dtype=torch.float32)
     return _Encoded(features, targets)
@@ -98,10 +100,8 @@ def predict(model: PatchedModel, patch: Patch, features: Sequence[Features]) -> 
 
 def evaluate(model: PatchedModel, patch: Patch, data: TaskData, encoded: _Encoded) -> dict[str, float]:
     outputs = predict(model, patch, encoded.features)
-    if data.problem_type == "classification":
-        predictions = outputs.argmax(-1).numpy()
-    else:
-        predictions = outputs.squeeze(-1).numpy()
+    classification = data.problem_type == "classification"
+    predictions = outputs.argmax(-1).numpy() if classification else outputs.squeeze(-1).numpy()
     return compute_metrics(data.metrics, predictions, encoded.targets.numpy())
 
 
@@ -230,10 +230,9 @@ def train(
                 emit(TrainEvent("progress", epoch, step, total_steps, loss_sum / loss_count, rate, eta))
                 loss_sum, loss_count, last_progress = 0.0, 0, now
             over_budget = bool(budget) and elapsed >= budget
-            if position in eval_points or over_budget:
-                if run_evaluation(epoch):
-                    stop, stop_reason = True, "early_stopping"
-                    break
+            if (position in eval_points or over_budget) and run_evaluation(epoch):
+                stop, stop_reason = True, "early_stopping"
+                break
             if over_budget:
                 stop, stop_reason = True, "time_budget"
                 break

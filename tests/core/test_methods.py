@@ -83,7 +83,9 @@ def test_training_learns_a_separable_toy_task(model: PatchedModel, method: str, 
     from server.training.trainer import train
 
     lr = 1e-3 if method == "full" else 3e-2
-    config = TrainConfig(method=method, epochs=15, batch_size=8, learning_rate=lr, head_learning_rate=3e-2, head_dropout=0)
+    config = TrainConfig(
+        method=method, epochs=15, batch_size=8, learning_rate=lr, head_learning_rate=3e-2, head_dropout=0
+    )
     result = train(model, toy_task, config)
     assert result.metrics["accuracy"] >= 0.9, result.history
 
@@ -112,9 +114,7 @@ def test_bitfit_equals_model_with_biases_set(model: PatchedModel) -> None:
 def test_bitfit_patch_covers_every_bias(model: PatchedModel) -> None:
     patch = random_patch(model, "bitfit", 0)
     biases = [
-        n
-        for n, p in model.backbone.model.named_parameters()
-        if n.endswith(".bias") and not n.startswith("pooler.")
+        n for n, p in model.backbone.model.named_parameters() if n.endswith(".bias") and not n.startswith("pooler.")
     ]
     assert sorted(n[: -len(".bias")] + ".bias_delta" for n in biases) == sorted(
         k for k in patch.tensors if not k.startswith("head.")
@@ -155,7 +155,9 @@ def test_bitfit_and_adapter_rows_in_one_batch(model: PatchedModel) -> None:
     bitfit = random_patch(model, "bitfit", 1)
     adapter = random_patch(model, "adapter", 2)
     tables = {
-        name: get_method(name).new_table(model.backbone.model, model.backbone.pooling, model.backbone.device, torch.float32)
+        name: get_method(name).new_table(
+            model.backbone.model, model.backbone.pooling, model.backbone.device, torch.float32
+        )
         for name in ("bitfit", "adapter")
     }
     heads = HeadTable(model.backbone.hidden_size, model.backbone.device, torch.float32)

@@ -132,7 +132,7 @@ class AdapterMethod(PatchMethod):
     name = "adapter"
     config_class = AdapterConfig
     # Where these come from: docs/training-defaults.md.
-    defaults = TrainingDefaults(learning_rate=1e-3, head_learning_rate=1e-3, epochs=3, batch_size=32)
+    defaults = TrainingDefaults(learning_rate=1e-3, head_learning_rate=1e-3, epochs=10, batch_size=32)
 
     def patch_points(self, backbone: nn.Module, pooling: str) -> list[str]:
         # Hooks go on every possible point; a pfeiffer patch simply has no tensors for the attention points.

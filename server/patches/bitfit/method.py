@@ -87,7 +87,7 @@ class BitFitMethod(PatchMethod):
     name = "bitfit"
     config_class = BitFitConfig
     # Where these come from: docs/training-defaults.md (sweeps on MRPC, CoLA, STS-B with the embedded backbone).
-    defaults = TrainingDefaults(learning_rate=1e-3, head_learning_rate=1e-3, epochs=3, batch_size=32)
+    defaults = TrainingDefaults(learning_rate=3e-3, head_learning_rate=1e-2, epochs=10, batch_size=16)
 
     def patch_points(self, backbone: nn.Module, pooling: str) -> list[str]:
         return list(_biased_modules(backbone, pooling))

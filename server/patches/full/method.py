@@ -27,7 +27,10 @@ class _NoPointChanges:
 class FullMethod(PatchMethod):
     name = "full"
     config_class = FullConfig
-    defaults = TrainingDefaults(learning_rate=5e-5, head_learning_rate=1e-3, epochs=3, batch_size=32, weight_decay=0.01)
+    # Where these come from: docs/training-defaults.md.
+    defaults = TrainingDefaults(
+        learning_rate=5e-5, head_learning_rate=1e-3, epochs=10, batch_size=32, weight_decay=0.01
+    )
     servable = False
 
     def patch_points(self, backbone: nn.Module, pooling: str) -> list[str]:
