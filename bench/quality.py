@@ -79,9 +79,7 @@ def main(argv: list[str] | None = None) -> None:
                 "method": method,
                 "primary": data.metrics[0],
                 "metrics": result.metrics,
-                "best_epoch": max(
-                    (h for h in result.history), key=lambda h: h["metrics"][data.metrics[0]]
-                )["epoch"],
+                "best_epoch": max((h for h in result.history), key=lambda h: h["metrics"][data.metrics[0]])["epoch"],
                 "history": [h["metrics"][data.metrics[0]] for h in result.history],
                 "wall_time_s": round(time.monotonic() - started, 1),
                 "epochs": result.config.epochs,
@@ -100,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
             if args.out:
                 with args.out.open("a") as f:
                     f.write(line + "\n")
-    print(f"\nbackbone {backbone.backbone_id} on {machine}, torch {torch.__version__}, python {sys.version.split()[0]}")
+    print(
+        f"\nbackbone {backbone.backbone_id} on {machine}, torch {torch.__version__}, python {sys.version.split()[0]}"
+    )
     print(f"{'task':6} {'method':8} {'primary':>9} {'metrics':40} {'time_s':>8} {'epochs':>6} {'best':>5}")
     for r in rows:
         metrics = " ".join(f"{k}={v * 100:.1f}" for k, v in r["metrics"].items())

@@ -12,6 +12,7 @@ import signal
 import threading
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import torch
@@ -122,7 +123,7 @@ class TaskPatchServer:
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         self.metrics_port = -1
-        self._metrics_http = None
+        self._metrics_http: Any = None
         self._stopped = threading.Event()
 
     def _update_store_gauges(self) -> None:

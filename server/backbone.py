@@ -193,7 +193,8 @@ def load_backbone(
     # Fingerprint the weights as loaded (fp32, CPU) so a patch's fingerprint does not depend on device or dtype.
     fingerprint = fingerprint_module(model)
     model = freeze(model.to(device=torch_device, dtype=torch_dtype))
-    hidden_size = int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.dim)
+    config = model.config
+    hidden_size = int(getattr(config, "hidden_size", None) or getattr(config, "dim"))  # noqa: B009 - DistilBERT
     log.info(
         "backbone %s loaded: %d parameters, pooling=%s, device=%s, dtype=%s, fingerprint=%s",
         backbone_id,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from server.errors import InvalidArgument
 
@@ -92,7 +92,7 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
 
 
-def _converter(f: dataclasses.Field) -> object:
+def _converter(f: dataclasses.Field) -> Callable[[str], Any]:
     annotation = str(f.type)
     if annotation.startswith("bool"):
         return _parse_bool
@@ -142,7 +142,7 @@ def load_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         env_value = environ.get(ENV_PREFIX + f.name.upper())
         if env_value is not None:
             try:
-                values[f.name] = _converter(f)(env_value)  # type: ignore[operator]
+                values[f.name] = _converter(f)(env_value)
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 raise InvalidArgument(f"{ENV_PREFIX}{f.name.upper()}: {exc}") from exc
     settings = Settings(**values)  # type: ignore[arg-type]

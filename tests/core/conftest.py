@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from server.backbone import Backbone, load_backbone
 from server.model import PatchedModel

@@ -193,3 +193,41 @@ def test_bitfit_patch_size_for_minilm_shape() -> None:
     )
     assert len(impl.patch_points(shaped, "mean")) == 6 * 8 + 1
     assert 25_000 < biases + 384 * 2 + 2 < 28_000
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_save_load_round_trip_is_exact(model: PatchedModel, method: str, tmp_path) -> None:
+    from server.store import PatchMeta
+    from server.store.format import read_patch_file, write_patch_file
+
+    patch = random_patch(model, method, 11)
+    meta = PatchMeta(
+        method, patch.config.to_dict(), patch.head.to_dict(), "tiny", model.backbone.fingerprint, {}, {"f1": 0.5}
+    )
+    path = tmp_path / "patch.safetensors"
+    write_patch_file(path, patch.tensors, meta)
+    tensors, loaded = read_patch_file(path, expected_fingerprint=model.backbone.fingerprint)
+    assert tensors.keys() == patch.tensors.keys()
+    assert all(torch.equal(tensors[k], v) for k, v in patch.tensors.items())
+    impl = get_method(loaded.method)
+    assert impl.parse_config(loaded.method_config) == patch.config
+    batch = _batch(model)
+    from server.model import Patch
+    from server.patches.heads import HeadSpec
+
+    reloaded = Patch(loaded.method, patch.config, HeadSpec.from_dict(loaded.head), tensors)
+    with torch.inference_mode():
+        assert torch.equal(model.logits(batch, patch), model.logits(batch, reloaded))
+
+
+def test_local_model_directory_backbone(tmp_path) -> None:
+    """Any local HF encoder directory works; without a sentence-transformers pooling config it pools with CLS."""
+    from server.backbone import build_tiny_bert, embedded_model_dir, load_backbone
+    from transformers import AutoTokenizer
+
+    build_tiny_bert(5).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(str(embedded_model_dir())).save_pretrained(tmp_path)
+    backbone = load_backbone(str(tmp_path))
+    assert backbone.pooling == "cls"
+    assert backbone.backbone_id == str(tmp_path.resolve())
+    assert backbone.fingerprint == load_backbone("tiny:5").fingerprint  # same weights, same identity

@@ -70,6 +70,12 @@ class BitFitTable(PatchTable):
         return sum(slots.nbytes for slots in self.deltas.values())
 
 
+def _bias_size(module: nn.Module) -> int:
+    bias = module.bias
+    assert isinstance(bias, torch.Tensor)
+    return int(bias.shape[0])
+
+
 def _biased_modules(backbone: nn.Module, pooling: str, layernorm: bool = True) -> dict[str, nn.Module]:
     kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.LayerNorm) if layernorm else (nn.Linear,)
     found: dict[str, nn.Module] = {}
@@ -97,7 +103,7 @@ class BitFitMethod(PatchMethod):
     ) -> dict[str, torch.Tensor]:
         layernorm = cast(BitFitConfig, config).layernorm
         return {
-            name + SUFFIX: torch.zeros(module.bias.shape[0], dtype=torch.float32)  # type: ignore[union-attr]
+            name + SUFFIX: torch.zeros(_bias_size(module), dtype=torch.float32)
             for name, module in _biased_modules(backbone, pooling, layernorm).items()
         }
 
@@ -105,8 +111,5 @@ class BitFitMethod(PatchMethod):
         return _SingleBitFit(tensors)
 
     def new_table(self, backbone: nn.Module, pooling: str, device: torch.device, dtype: torch.dtype) -> PatchTable:
-        shapes = {
-            name: int(module.bias.shape[0])  # type: ignore[union-attr]
-            for name, module in _biased_modules(backbone, pooling).items()
-        }
+        shapes = {name: _bias_size(module) for name, module in _biased_modules(backbone, pooling).items()}
         return BitFitTable(shapes, device, dtype)
