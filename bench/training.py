@@ -35,6 +35,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import importlib
 import json
 import multiprocessing
 import os
@@ -72,6 +73,8 @@ QUICK = {"examples": 128, "rounds": 3, "warmup_steps": 2}
 FULL = {"examples": 512, "rounds": 5, "warmup_steps": 3}
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
+_MODULE = "bench.training"
+_PRELOAD = ["torch", "transformers", "server.model", "server.training.trainer", "server.store.format", "tasks.glue"]
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,9 @@ def _config(method: str, batch_size: int, max_seq_length: int) -> TrainConfig:
     return TrainConfig(method=method, batch_size=batch_size, max_seq_length=max_seq_length, seed=SEED).resolved()
 
 
-def _collate(model: PatchedModel, workload: Workload, indices: list[int]) -> tuple[dict[str, torch.Tensor], Any]:
+def _collate(
+    model: PatchedModel, workload: Workload, indices: list[int]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     batch = model.collate([workload.features[i] for i in indices])
     return batch, workload.targets[indices].to(model.backbone.device)
 
@@ -239,16 +244,28 @@ def _peak_memory_all(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One fresh process per method, run side by side (each measures only itself).
 
     A fresh process means no method inherits another's freed-but-resident memory or allocator cache. The processes
-    are forked from a forkserver, a clean interpreter that has only imported this module (torch, transformers): the
-    same as spawn for memory, but the imports (seconds each on a busy machine) are paid once, not per method.
+    are forked from a forkserver, a clean interpreter that has only imported the libraries (no model, no tensors):
+    the same as spawn for memory, but the imports (seconds each on a busy machine) are paid once, not per method.
     """
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-    else:
-        context = multiprocessing.get_context("spawn")
-    with context.Pool(processes=len(specs), maxtasksperchild=1) as pool:
-        return pool.map(measure_peak_memory, specs, chunksize=1)
+    # By module name, not ``__main__``: under ``python -m bench.training`` the workers must find the function
+    # without re-running the script.
+    entry = importlib.import_module(_MODULE).measure_peak_memory
+    forkserver = "forkserver" in multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if forkserver else "spawn")
+    if forkserver:
+        # The dependencies, not this module: a worker re-runs the parent's ``__main__`` module by name, and runpy
+        # warns when that module was imported before.
+        multiprocessing.set_forkserver_preload(_PRELOAD)
+    pool = context.Pool(processes=len(specs), maxtasksperchild=1)
+    try:
+        results = pool.map(entry, specs, chunksize=1)
+        pool.close()
+        return results
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
 
 
 # ---- throughput, interleaved in this process -------------------------------------------------------------------
@@ -327,12 +344,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     args = parser.parse_args(argv)
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads_before)  # main() may be called in-process (tests)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark for parsed ``args``: prints the table and the JSON line, returns the JSON line's object."""
     preset = QUICK if args.quick else FULL
     examples = args.examples or preset["examples"]
     rounds = args.rounds or preset["rounds"]
     warmup = preset["warmup_steps"] if args.warmup_steps is None else args.warmup_steps
-    if args.threads:
-        torch.set_num_threads(args.threads)
     started = time.monotonic()
 
     backbone = load_backbone(args.backbone, device=args.device)
@@ -360,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             for method in METHODS
         ]
-        memory = dict(zip(METHODS, _peak_memory_all(specs)))
+        memory = dict(zip(METHODS, _peak_memory_all(specs), strict=True))
 
     torch.manual_seed(SEED)
     runs = {m: MethodRun(model, m, workload, _config(m, args.batch_size, args.max_seq_length)) for m in METHODS}
@@ -426,8 +452,9 @@ def _print_table(result: dict[str, Any], per_method: dict[str, dict[str, Any]]) 
 
     print(
         f"\n{result['task']}: {result['examples']} train examples in {result['batches']} batches of "
-        f"{result['batch_size']} (mean padded length {result['mean_padded_length']}); {result['warmup_steps']} warm-up "
-        f"steps, then {result['rounds']} interleaved rounds of {result['steps_per_round']} steps per method"
+        f"{result['batch_size']} (mean padded length {result['mean_padded_length']}); "
+        f"{result['warmup_steps']} warm-up steps, then {result['rounds']} interleaved rounds of "
+        f"{result['steps_per_round']} steps per method"
     )
     header = (
         f"{'method':8} {'ex/s':>9} {'spread':>7} {'vs full':>8} {'peak MiB':>9} {'vs full':>8} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import torch
@@ -89,22 +90,19 @@ class PatchedModel:
         return [r for r in results if r is not None]
 
     def collate(self, features: Sequence[Features]) -> dict[str, torch.Tensor]:
-        """Pad to the longest example of the batch (dynamic padding)."""
-        length = max(len(f) for f in features)
-        batch = len(features)
-        input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)  # [batch, seq]
-        token_type_ids = torch.zeros((batch, length), dtype=torch.long)  # [batch, seq]
-        attention_mask = torch.zeros((batch, length), dtype=torch.long)  # [batch, seq]
-        for row, f in enumerate(features):
-            n = len(f)
-            input_ids[row, :n] = torch.tensor(f.input_ids)
-            token_type_ids[row, :n] = torch.tensor(f.token_type_ids)
-            attention_mask[row, :n] = 1
+        """Pad to the longest example of the batch (dynamic padding), without a per-row Python loop."""
+        lengths = torch.tensor([len(f) for f in features])  # [batch]
+        length = int(lengths.max())
+        attention_mask = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)  # [batch, seq] bool
+        input_ids = torch.full((len(features), length), self.pad_id, dtype=torch.long)  # [batch, seq]
+        token_type_ids = torch.zeros((len(features), length), dtype=torch.long)  # [batch, seq]
+        input_ids[attention_mask] = torch.tensor(list(chain.from_iterable(f.input_ids for f in features)))
+        token_type_ids[attention_mask] = torch.tensor(list(chain.from_iterable(f.token_type_ids for f in features)))
         device = self.backbone.device
         return {
             "input_ids": input_ids.to(device),
             "token_type_ids": token_type_ids.to(device),
-            "attention_mask": attention_mask.to(device),
+            "attention_mask": attention_mask.long().to(device),
         }
 
     # ---- forward -------------------------------------------------------------------------------------------------

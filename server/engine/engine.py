@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import torch
@@ -80,6 +81,7 @@ class ServingEngine:
         self._stale: set[str] = set()
         self._cond = threading.Condition()
         self._busy = False
+        self._arriving = 0  # predict() calls between entry and enqueue
         self._stopping = False
         self._thread: threading.Thread | None = None
         store.subscribe(self._on_store_change)
@@ -105,14 +107,23 @@ class ServingEngine:
         validate_task_name(task)
         if not inputs:
             raise InvalidArgument("no inputs to predict")
-        version = self.store.current(task)
-        method = get_method(version.meta.method)
-        if not method.servable:
-            raise FailedPrecondition(f"task {task!r} uses method {method.name!r}, which cannot be served")
-        features = self.model.tokenize([t for t, _ in inputs], [p for _, p in inputs], self.settings.max_seq_length)
-        size = self.settings.max_batch_size
-        items = [_Item(version, features[i : i + size]) for i in range(0, len(features), size)]
-        self._enqueue(items)
+        with self._cond:
+            self._arriving += 1  # the worker may hold a batch open for us while we tokenize
+        try:
+            version = self.store.current(task)
+            method = get_method(version.meta.method)
+            if not method.servable:
+                raise FailedPrecondition(f"task {task!r} uses method {method.name!r}, which cannot be served")
+            texts, pairs = [t for t, _ in inputs], [p for _, p in inputs]
+            features = self.model.tokenize(texts, pairs, self.settings.max_seq_length)
+            size = self.settings.max_batch_size
+            items = [_Item(version, features[i : i + size]) for i in range(0, len(features), size)]
+        except BaseException:
+            with self._cond:
+                self._arriving -= 1
+                self._cond.notify_all()
+            raise
+        self._enqueue(items, arriving=True)
         results = [item.future.result() for item in items]
         entry = results[0][0]
         logits = torch.cat([r[1] for r in results])  # [n, max_outputs]
@@ -151,8 +162,10 @@ class ServingEngine:
             self._cond.wait_for(lambda: not self._queue and not self._busy, timeout_s)
 
     # ---- internals -----------------------------------------------------------------------------------------------
-    def _enqueue(self, items: list[_Item]) -> None:
+    def _enqueue(self, items: list[_Item], arriving: bool = False) -> None:
         with self._cond:
+            if arriving:
+                self._arriving -= 1
             if self._stopping:
                 raise FailedPrecondition("the server is shutting down")
             self._queue.extend(items)
@@ -202,8 +215,10 @@ class ServingEngine:
         with self._cond:
             if not self._queue:
                 return []
+            # Hold the batch open only while another caller is on its way in (tokenizing): a lone request is
+            # served at once instead of paying max_wait for company that is not coming.
             deadline = self._queue[0].enqueued + max_wait
-            while not self._stopping and sum(len(i.features) for i in self._queue) < max_rows:
+            while not self._stopping and self._arriving > 0 and sum(len(i.features) for i in self._queue) < max_rows:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._cond.wait(remaining):
                     break
@@ -247,13 +262,14 @@ class ServingEngine:
                 item.future.set_result((entry, torch.empty(0)))
         if not ready:
             return
-        row_entries = [entry for item, entry in ready for _ in item.features]
-        features = [f for item, _ in ready for f in item.features]
+        features = list(chain.from_iterable(item.features for item, _ in ready))
         started = time.perf_counter()
         try:
             with torch.inference_mode():
                 batch = self.model.collate(features)
-                method_rows, head_rows = self.resident.rows_for(row_entries)
+                method_rows, head_rows = self.resident.rows_for(
+                    [entry for _, entry in ready], [len(item.features) for item, _ in ready]
+                )
                 appliers = {m: self.resident.tables[m].bind(rows) for m, rows in method_rows.items()}
                 pooled = self.model.encode(batch, appliers)  # [rows, hidden]
                 logits = self.resident.heads.apply(pooled, head_rows).float().cpu()  # [rows, max_outputs]

@@ -174,14 +174,18 @@ class ResidentPatches:
         self.metrics.resident_bytes.set(self.policy.total_bytes)
         self.metrics.resident_table_bytes.set(self.table_bytes)
 
-    def rows_for(self, entries: list[ResidentEntry]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Per-row slot indices: method name -> LongTensor[batch] (0 where a row uses another method), and the head
-        slots LongTensor[batch]."""
+    def rows_for(
+        self, entries: list[ResidentEntry], counts: list[int]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Per-row slot indices for a batch of requests (request ``i`` uses ``entries[i]`` for ``counts[i]`` rows):
+        method name -> LongTensor[rows] (0 where a row uses another method), and head slots LongTensor[rows]."""
         device = self.model.backbone.device
-        methods = {e.method for e in entries}
+        repeats = torch.tensor(counts)
         method_rows = {
-            m: torch.tensor([e.method_slot if e.method == m else 0 for e in entries], dtype=torch.long, device=device)
-            for m in methods
+            method: torch.repeat_interleave(
+                torch.tensor([e.method_slot if e.method == method else 0 for e in entries]), repeats
+            ).to(device)
+            for method in {e.method for e in entries}
         }
-        head_rows = torch.tensor([e.head_slot for e in entries], dtype=torch.long, device=device)
+        head_rows = torch.repeat_interleave(torch.tensor([e.head_slot for e in entries]), repeats).to(device)
         return method_rows, head_rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import torch
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,7 +19,8 @@ from client.errors import TaskPatchError, error_from_rpc
 from client.types import JobEvent, PredictResult
 from protos import taskpatch_pb2 as pb
 from protos import taskpatch_pb2_grpc as pb_grpc
-from server.app import TaskPatchServer
+from server.app import TaskPatchServer, create_server
+from server.settings import Settings
 from tasks.types import Example
 
 LABELS = ("neg", "pos")
@@ -63,6 +66,57 @@ class ServerHandle:
         """A raw stub, for requests the typed client refuses to build (caller closes the channel)."""
         channel = grpc.insecure_channel(self.addr)
         return channel, pb_grpc.TaskPatchStub(channel)
+
+
+# ---- servers -----------------------------------------------------------------------------------------------------
+
+
+def make_settings(store_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test server: tiny backbone, free ports, short batching wait; ``overrides`` win.
+
+    One torch thread: the tiny model's ops are far too small to gain from more, and on a busy 2-core CI box the
+    intra-op threads wait on each other (we measured small-batch training ~10x slower with the default 2)."""
+    values: dict[str, Any] = {
+        "backbone": "tiny",
+        "device": "cpu",
+        "threads": 1,
+        "port": 0,
+        "metrics_port": 0,
+        "store_dir": store_dir,
+        "max_wait_ms": 2,
+        "grace_s": 5,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+class Servers:
+    """Starts servers and stops every one still running at teardown."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.started: list[ServerHandle] = []
+        self._torch_threads = torch.get_num_threads()  # Settings.threads sets it process-wide; restored at the end
+
+    def start(self, store_dir: Path | None = None, **overrides: Any) -> ServerHandle:
+        store = store_dir or self.base_dir / f"store{len(self.started)}"
+        server, port = create_server(make_settings(store, **overrides))
+        handle = ServerHandle(server, port, store, server_client(port))
+        self.started.append(handle)
+        return handle
+
+    def stop(self, handle: ServerHandle) -> None:
+        handle.client.close()
+        handle.server.stop(grace_s=5)
+
+    def stop_all(self) -> None:
+        for handle in reversed(self.started):
+            self.stop(handle)  # stop() is idempotent
+        torch.set_num_threads(self._torch_threads)
+
+
+def server_client(port: int) -> TaskPatchClient:
+    return TaskPatchClient(f"127.0.0.1:{port}", timeout_s=60)
 
 
 # ---- toy data ----------------------------------------------------------------------------------------------------
@@ -128,6 +182,24 @@ def start_blocker(client: TaskPatchClient, name: str, *, n_train: int = 600, **o
     job_id = events[0].job_id
     wait_for_event(client, job_id, "started")
     return job_id
+
+
+def submit_detached(client: TaskPatchClient, name: str, *, n_train: int = 60, **options: Any) -> str:
+    """Queue a small toy job without following it; returns the job id."""
+    events = list(
+        client.add_task(
+            name,
+            toy_examples(n_train),
+            toy_examples(20, offset=10_000),
+            problem_type="classification",
+            labels=LABELS,
+            epochs=1,
+            detach=True,
+            **options,
+        )
+    )
+    assert [e.kind for e in events] == ["queued"], events
+    return events[0].job_id
 
 
 def wait_for_event(client: TaskPatchClient, job_id: str, kind: str) -> JobEvent:
@@ -279,3 +351,12 @@ def client_code(call: Any) -> str:
     """The status code name of a client call: ``"OK"`` or the error's code."""
     error = client_error(call)
     return "OK" if error is None else error.code
+
+
+def wait_until(predicate: Any, timeout_s: float = 30.0, interval_s: float = 0.02) -> None:
+    """Poll ``predicate()`` until it is true; fail after ``timeout_s`` (a deadline, not a timed assertion)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s: {predicate}")
+        time.sleep(interval_s)
