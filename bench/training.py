@@ -54,13 +54,13 @@ from typing import Any
 import torch
 
 from server.backbone import load_backbone
-from server.model import Features, Patch, PatchedModel
-from server.patches.heads import HeadSpec, init_head
+from server.model import Features, PatchedModel
+from server.patches.heads import HeadSpec
 from server.patches.registry import get_method
 from server.store.format import PatchMeta, write_patch_file
 from server.training.batching import bucketed_batches
 from server.training.config import TrainConfig
-from server.training.trainer import _linear_schedule, _loss, encode_examples
+from server.training.trainer import TrainingState, encode_examples, new_patch
 from tasks.glue import load_glue
 
 METHODS = ("full", "bitfit", "adapter")
@@ -92,47 +92,23 @@ class Workload:
 
 
 class MethodRun:
-    """One method's training state, set up and stepped exactly like the trainer's loop body."""
+    """One method's training state: the trainer's own ``TrainingState`` (same init, optimizer, step)."""
 
     def __init__(self, model: PatchedModel, method_name: str, workload: Workload, config: TrainConfig) -> None:
-        backbone = model.backbone
         self.model = model
-        self.config = config
-        self.problem_type = workload.problem_type
-        method = get_method(method_name)
-        method_config = method.parse_config(config.method_config)
+        method_config = get_method(method_name).parse_config(config.method_config)
         generator = torch.Generator().manual_seed(config.seed)
-        head = HeadSpec(workload.problem_type, workload.labels, backbone.pooling)
-        method_tensors = method.init_tensors(backbone.model, backbone.pooling, method_config, generator)
-        head_tensors = init_head(backbone.hidden_size, head, generator)
-        self.params = {
-            name: torch.nn.Parameter(t.to(backbone.device, torch.float32))
-            for name, t in {**method_tensors, **head_tensors}.items()
-        }
-        self.patch = Patch(method_name, method_config, head, dict(self.params))
-        self.trainable_parameters = sum(p.numel() for p in self.params.values())
-        method_params = [p for n, p in self.params.items() if not n.startswith("head.")]
-        head_params = [p for n, p in self.params.items() if n.startswith("head.")]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": method_params, "lr": config.learning_rate},
-                {"params": head_params, "lr": config.head_learning_rate},
-            ],
-            weight_decay=config.weight_decay or 0.0,
-        )
-        total_steps = 10**6  # the schedule's value does not change the cost of a step; only that it runs does
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _linear_schedule(0, total_steps))
+        head = HeadSpec(workload.problem_type, workload.labels, model.backbone.pooling)
+        initial = new_patch(model, method_name, method_config, head, generator)
+        # The schedule's length does not change the cost of a step; only that it runs does.
+        self.state = TrainingState(model, initial, config, total_steps=10**6)
+        self.patch = self.state.patch
+        self.params = self.state.params
+        self.trainable_parameters = self.state.trainable_parameters
 
     def step(self, batch: dict[str, torch.Tensor], targets: torch.Tensor) -> float:
         """One training step; returns the loss (reading it synchronises the device, as the trainer does)."""
-        logits = self.model.logits(batch, self.patch, head_dropout=self.config.head_dropout)
-        loss = _loss(logits, targets, self.problem_type)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        return float(loss.detach())
+        return self.state.step(batch, targets)
 
     def patch_bytes(self, directory: Path) -> int:
         """Size of the patch file the store would write for this patch."""

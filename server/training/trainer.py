@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from server.errors import Cancelled, InvalidArgument
 from server.model import Features, Patch, PatchedModel
+from server.patches.base import MethodConfig
 from server.patches.heads import HEAD_BIAS, HeadSpec, init_head
 from server.patches.registry import get_method
 from server.training.batching import bucketed_batches, sorted_batches
@@ -80,7 +81,7 @@ def encode_examples(model: PatchedModel, data: TaskData, examples: Sequence[Exam
     return _Encoded(features, targets)
 
 
-def _loss(logits: torch.Tensor, targets: torch.Tensor, problem_type: str) -> torch.Tensor:
+def training_loss(logits: torch.Tensor, targets: torch.Tensor, problem_type: str) -> torch.Tensor:
     if problem_type == "classification":
         return F.cross_entropy(logits.float(), targets)
     return F.mse_loss(logits.float().squeeze(-1), targets)
@@ -114,6 +115,63 @@ def _linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], flo
     return factor
 
 
+class TrainingState:
+    """A fresh patch as trainable parameters, its optimizer and LR schedule, and one training step.
+
+    Shared by :func:`train` and ``bench/training.py``, so the benchmark times exactly the trainer's step.
+    """
+
+    def __init__(
+        self,
+        model: PatchedModel,
+        patch: Patch,
+        config: TrainConfig,
+        total_steps: int,
+    ) -> None:
+        device = model.backbone.device
+        self.model = model
+        self.config = config
+        self.params = {name: torch.nn.Parameter(t.to(device, torch.float32)) for name, t in patch.tensors.items()}
+        self.patch = Patch(patch.method, patch.config, patch.head, dict(self.params))
+        self.trainable_parameters = sum(p.numel() for p in self.params.values())
+        method_params = [p for n, p in self.params.items() if not n.startswith("head.")]
+        head_params = [p for n, p in self.params.items() if n.startswith("head.")]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": method_params, "lr": config.learning_rate},
+                {"params": head_params, "lr": config.head_learning_rate},
+            ],
+            weight_decay=config.weight_decay or 0.0,
+        )
+        warmup_steps = int(total_steps * (config.warmup_ratio or 0.0))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _linear_schedule(warmup_steps, total_steps))
+
+    def step(self, batch: dict[str, torch.Tensor], targets: torch.Tensor) -> float:
+        """Forward, loss, backward, clip, optimizer and schedule step; returns the loss (syncs the device)."""
+        logits = self.model.logits(batch, self.patch, head_dropout=self.config.head_dropout)
+        loss = training_loss(logits, targets, self.patch.head.problem_type)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.params.items()}
+
+
+def new_patch(
+    model: PatchedModel, method_name: str, method_config: MethodConfig, head: HeadSpec, generator: torch.Generator
+) -> Patch:
+    """Freshly initialised patch tensors (method + head) for ``model``'s backbone."""
+    backbone = model.backbone
+    method = get_method(method_name)
+    tensors = method.init_tensors(backbone.model, backbone.pooling, method_config, generator)
+    tensors.update(init_head(backbone.hidden_size, head, generator))
+    return Patch(method_name, method_config, head, tensors)
+
+
 def train(
     model: PatchedModel,
     data: TaskData,
@@ -144,30 +202,13 @@ def train(
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     head = HeadSpec(data.problem_type, data.labels, backbone.pooling)
-    method_tensors = method.init_tensors(backbone.model, backbone.pooling, method_config, generator)
-    head_tensors = init_head(backbone.hidden_size, head, generator)
+    initial = new_patch(model, config.method, method_config, head, generator)
     if data.problem_type == "regression":
-        head_tensors[HEAD_BIAS].fill_(float(train_set.targets.mean()))  # start at the mean: a sane first loss
-    params = {
-        name: torch.nn.Parameter(t.to(backbone.device, torch.float32))
-        for name, t in {**method_tensors, **head_tensors}.items()
-    }
-    patch = Patch(config.method, method_config, head, dict(params))
-    trainable = sum(p.numel() for p in params.values())
-
-    method_params = [p for n, p in params.items() if not n.startswith("head.")]
-    head_params = [p for n, p in params.items() if n.startswith("head.")]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": method_params, "lr": config.learning_rate},
-            {"params": head_params, "lr": config.head_learning_rate},
-        ],
-        weight_decay=config.weight_decay or 0.0,
-    )
+        initial.tensors[HEAD_BIAS].fill_(float(train_set.targets.mean()))  # start at the mean: a sane first loss
     steps_per_epoch = math.ceil(len(train_set.features) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    warmup_steps = int(total_steps * (config.warmup_ratio or 0.0))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup_steps, total_steps))
+    state = TrainingState(model, initial, config, total_steps)
+    patch = state.patch
     eval_points = {
         round(steps_per_epoch * k / config.evals_per_epoch) for k in range(1, config.evals_per_epoch + 1)
     }  # steps within an epoch after which to evaluate
@@ -195,7 +236,7 @@ def train(
         score = metrics[primary]
         if score > best_score or best_tensors is None:
             best_score, best_metrics, evals_without_gain = score, metrics, 0
-            best_tensors = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
+            best_tensors = state.snapshot()
         else:
             evals_without_gain += 1
         return 0 < config.early_stopping_patience <= evals_without_gain
@@ -209,16 +250,9 @@ def train(
                 before_step()
             batch = model.collate([train_set.features[i] for i in indices])
             targets = train_set.targets[indices].to(backbone.device)
-            logits = model.logits(batch, patch, head_dropout=config.head_dropout)
-            loss = _loss(logits, targets, data.problem_type)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            loss_sum += state.step(batch, targets)
             step += 1
             examples_seen += len(indices)
-            loss_sum += float(loss.detach())
             loss_count += 1
             elapsed = time.monotonic() - started
             now = time.monotonic()
@@ -244,7 +278,7 @@ def train(
     if config.keep_best and best_tensors is not None:
         final_tensors, final_metrics = best_tensors, best_metrics
     else:
-        final_tensors = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
+        final_tensors = state.snapshot()
         final_metrics = history[-1]["metrics"]
     return TrainResult(
         patch=Patch(config.method, method_config, head, final_tensors),
@@ -255,6 +289,6 @@ def train(
         train_examples=len(train_set.features),
         wall_time_s=time.monotonic() - started,
         stop_reason=stop_reason,
-        trainable_parameters=trainable,
+        trainable_parameters=state.trainable_parameters,
         config=config,
     )
