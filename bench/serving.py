@@ -73,6 +73,16 @@ def publish(store: PatchStore, model: PatchedModel, name: str, patch: Patch) -> 
     store.publish(name, patch.tensors, meta)
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
@@ -280,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
 
     dev = load_glue("mrpc", args.data_dir, allow_hub=False).dev
     pairs = [(e.text, e.text_pair) for e in dev]
-    device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu: {platform.processor()}"
+    device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu: {cpu_model()}"
     machine = f"{device}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     print(f"machine: {machine}\nbackbone: {args.backbone}\n", flush=True)
     results: dict[str, object] = {"machine": machine, "backbone": args.backbone, "quick": args.quick}

@@ -68,7 +68,9 @@ class TaskPatchServer:
             self.model,
             self.store,
             Path(settings.store_dir) / "jobs",
-            SchedulerSettings(queue_size=settings.job_queue_size, allow_full=settings.allow_full),
+            SchedulerSettings(
+                queue_size=settings.job_queue_size, allow_full=settings.allow_full, threads=settings.train_threads
+            ),
             self.metrics,
             before_step=(lambda: self.engine.wait_idle(yield_s)) if yield_s > 0 else None,
         )
@@ -90,7 +92,16 @@ class TaskPatchServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
         token = settings.token()
-        interceptors = [BearerTokenInterceptor(token, settings.auth_all)] if token else []
+        interceptors = []
+        if token:
+            denied = self.metrics.rpc_requests
+            interceptors.append(
+                BearerTokenInterceptor(
+                    token,
+                    settings.auth_all,
+                    on_denied=lambda rpc: denied.labels(rpc=rpc, code="UNAUTHENTICATED").inc(),
+                )
+            )
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=RPC_THREADS, thread_name_prefix="taskpatch-rpc"),
             options=options,

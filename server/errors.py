@@ -43,5 +43,9 @@ class Cancelled(TaskPatchError):
     """A training job was cancelled by a caller or by shutdown."""
 
 
+class ShuttingDown(TaskPatchError):
+    """The server is stopping and takes no new work."""
+
+
 class Unauthenticated(TaskPatchError):
     """A mutating call without a valid bearer token."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -19,8 +20,19 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from server.backbone import Backbone
-from server.errors import AlreadyExists, Cancelled, InvalidArgument, NotFound, ResourceExhausted, TaskPatchError
+from server.errors import (
+    AlreadyExists,
+    Cancelled,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ShuttingDown,
+    TaskPatchError,
+)
 from server.metrics import Metrics
 from server.model import PatchedModel
 from server.names import validate_task_name
@@ -48,6 +60,9 @@ class JobState(str, Enum):
     @property
     def terminal(self) -> bool:
         return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+_EVENT_KIND = {JobState.SUCCEEDED: "done", JobState.CANCELLED: "cancelled"}  # every other end state: "failed"
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,7 @@ class Job:
     metrics: dict[str, float] = field(default_factory=dict)
     progress: TrainEvent | None = None
     events: list[JobEvent] = field(default_factory=list)
+    done: dict[str, Any] = field(default_factory=dict)  # the "done" payload of a succeeded job
     data: TaskData | None = None  # dropped once the job ends: uploads can be large
     cancel_requested: bool = False
 
@@ -98,6 +114,7 @@ class Job:
             "metrics": self.metrics,
             "config": self.config.to_dict(),
             "replace": self.replace,
+            "done": self.done,
         }
 
 
@@ -105,6 +122,9 @@ class Job:
 class SchedulerSettings:
     queue_size: int = 16
     allow_full: bool = False
+    # Intra-op threads of the training thread. With torch's OpenMP backend the count is per calling thread, so
+    # training can be held to part of the cores while the serving thread keeps the rest.
+    threads: int = 0
 
 
 class TrainingScheduler:
@@ -154,7 +174,7 @@ class TrainingScheduler:
         validate_task_name(task)
         method = get_method(config.method)
         if method.name == "full" and not self.settings.allow_full:
-            raise InvalidArgument("full fine-tuning is disabled on this server (start it with --allow-full)")
+            raise FailedPrecondition("full fine-tuning is disabled on this server (start it with --allow-full)")
         config = config.resolved()
         if not data.train:
             raise InvalidArgument("no training examples were uploaded")
@@ -162,7 +182,7 @@ class TrainingScheduler:
             raise InvalidArgument("no dev examples were uploaded: they are needed for evaluation and keep-best")
         with self._cond:
             if self._stopping:
-                raise ResourceExhausted("the server is shutting down")
+                raise ShuttingDown("the server is shutting down; retry on another instance or after restart")
             if not replace and self.store.exists(task):
                 raise AlreadyExists(f"task {task!r} already exists; pass replace to train a new version")
             busy = [j for j in self._jobs.values() if j.task == task and not j.state.terminal]
@@ -223,6 +243,8 @@ class TrainingScheduler:
 
     # ---- worker --------------------------------------------------------------------------------------------------
     def _run(self) -> None:
+        threads = self.settings.threads or max(1, (os.cpu_count() or 2) // 2)
+        torch.set_num_threads(threads)
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._queue or self._stopping)
@@ -314,7 +336,8 @@ class TrainingScheduler:
     # ---- helpers (call with the lock held) -----------------------------------------------------------------------
     def _finish(self, job: Job, state: JobState, reason: str, done: dict[str, Any] | None = None) -> None:
         job.state, job.finished, job.error, job.data = state, time.time(), reason, None
-        kind = {JobState.SUCCEEDED: "done", JobState.CANCELLED: "cancelled"}.get(state, "failed")
+        job.done = done or {}
+        kind = _EVENT_KIND.get(state, "failed")
         self._emit(job, JobEvent(job.id, job.task, state, kind, done=done or {}, reason=reason, metrics=job.metrics))
         self._journal(job)
         self.metrics.training_jobs_finished.labels(state=state.value).inc()
@@ -355,6 +378,7 @@ class TrainingScheduler:
                     version=int(record.get("version", 0)),
                     error=str(record.get("error", "")),
                     metrics=dict(record.get("metrics", {})),
+                    done=dict(record.get("done") or {}),
                 )
             except (KeyError, TypeError, ValueError):
                 log.warning("ignoring malformed job record %s", record.get("id"))
@@ -368,7 +392,8 @@ class TrainingScheduler:
                     job.id,
                     job.task,
                     job.state,
-                    "failed" if job.state != JobState.SUCCEEDED else "done",
+                    _EVENT_KIND.get(job.state, "failed"),
+                    done=job.done,
                     reason=job.error,
                     metrics=job.metrics,
                 )

@@ -50,6 +50,7 @@ class Settings:
     max_message_bytes: int = _opt(64 * MiB, "largest gRPC message accepted")
     job_queue_size: int = _opt(16, "most training jobs waiting; more get RESOURCE_EXHAUSTED")
     allow_full: bool = _opt(False, "accept full fine-tuning jobs (patch = whole model)")
+    train_threads: int = _opt(0, "torch threads the training job uses (0: half the cores, at least 1)")
     train_yield_ms: float = _opt(200.0, "longest a training step waits for queued predictions (0: no priority)")
     auth_token_file: Path | None = _opt(None, "file holding the bearer token for mutating RPCs")
     auth_token: str | None = _opt(None, "bearer token (prefer the file or the env variable)")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from server.engine.resident import ResidentEntry, ResidentPatches
-from server.errors import FailedPrecondition, InvalidArgument, TaskPatchError
+from server.errors import FailedPrecondition, InvalidArgument, ShuttingDown, TaskPatchError
 from server.metrics import Metrics
 from server.model import Features, PatchedModel
 from server.names import validate_task_name
@@ -167,7 +167,7 @@ class ServingEngine:
             if arriving:
                 self._arriving -= 1
             if self._stopping:
-                raise FailedPrecondition("the server is shutting down")
+                raise ShuttingDown("the server is shutting down")
             self._queue.extend(items)
             self.metrics.queue_depth.set(len(self._queue))
             self._cond.notify_all()

@@ -28,6 +28,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.PatchCorrupt, grpc.StatusCode.DATA_LOSS),
     (errors.Cancelled, grpc.StatusCode.CANCELLED),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
 )
 
 
@@ -47,7 +48,11 @@ def rpc_method(name: str, streaming_response: bool = False) -> Callable[[F], F]:
     The decorated method's ``self`` must have a ``metrics`` attribute (:class:`Metrics`)."""
 
     def finish(metrics: Metrics, context: grpc.ServicerContext, started: float, exc: BaseException | None) -> None:
-        if exc is None:
+        message = ""
+        if not context.is_active() or isinstance(exc, grpc.RpcError):
+            # The client went away (cancelled, deadline, dropped stream): nothing to answer, nothing to log.
+            code, exc = grpc.StatusCode.CANCELLED, None
+        elif exc is None:
             code = grpc.StatusCode.OK
         else:
             mapped = status_for(exc)
@@ -86,7 +91,7 @@ def rpc_method(name: str, streaming_response: bool = False) -> Callable[[F], F]:
                 response = handler(self, request, context)
             except Exception as exc:
                 finish(self.metrics, context, started, exc)
-                raise AssertionError("unreachable: context.abort raises") from exc
+                return None  # only reached when the client is gone: there is nobody to answer
             finish(self.metrics, context, started, None)
             return response
 

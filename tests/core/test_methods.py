@@ -222,8 +222,9 @@ def test_save_load_round_trip_is_exact(model: PatchedModel, method: str, tmp_pat
 
 def test_local_model_directory_backbone(tmp_path) -> None:
     """Any local HF encoder directory works; without a sentence-transformers pooling config it pools with CLS."""
-    from server.backbone import build_tiny_bert, embedded_model_dir, load_backbone
     from transformers import AutoTokenizer
+
+    from server.backbone import build_tiny_bert, embedded_model_dir, load_backbone
 
     build_tiny_bert(5).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(str(embedded_model_dir())).save_pretrained(tmp_path)

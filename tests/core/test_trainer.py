@@ -37,7 +37,9 @@ def test_time_budget_stops_cleanly_and_evaluates(model: PatchedModel, tiny_task)
 
 
 def test_early_stopping_and_keep_best(model: PatchedModel, tiny_task) -> None:
-    config = TrainConfig(epochs=200, batch_size=8, early_stopping_patience=2, learning_rate=1e-6, head_learning_rate=1e-6)
+    config = TrainConfig(
+        epochs=200, batch_size=8, early_stopping_patience=2, learning_rate=1e-6, head_learning_rate=1e-6
+    )
     result = train(model, tiny_task, config)
     assert result.stop_reason == "early_stopping"
     scores = [h["metrics"]["accuracy"] for h in result.history]

@@ -44,7 +44,9 @@ def test_bitfit_patch_for_minilm_is_small(tmp_path: Path) -> None:
     assert path.stat().st_size < 150_000
 
 
-def test_client_add_task_mrpc_then_predict(tmp_path: Path, glue_data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_client_add_task_mrpc_then_predict(
+    tmp_path: Path, glue_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     server, port = create_server(Settings(backbone="default", port=0, metrics_port=-1, store_dir=tmp_path / "store"))
     try:
         address = f"127.0.0.1:{port}"
@@ -54,7 +56,9 @@ def test_client_add_task_mrpc_then_predict(tmp_path: Path, glue_data_dir: Path, 
         )  # fmt: skip
         assert code == 0
         capsys.readouterr()
-        assert client_main(["--server", address, "predict", "mrpc", "The cat sat.", "A cat was sitting.", "--json"]) == 0
+        assert (
+            client_main(["--server", address, "predict", "mrpc", "The cat sat.", "A cat was sitting.", "--json"]) == 0
+        )
         out = capsys.readouterr().out
         assert '"label"' in out and ("paraphrase" in out)
     finally:

@@ -52,7 +52,11 @@ def test_reflection_lists_and_describes_the_services(server: TaskPatchServer) ->
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         database = ProtoReflectionDescriptorDatabase(channel)
         services = set(database.get_services())
-        assert {"taskpatch.v1.TaskPatch", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+        assert {
+            "taskpatch.v1.TaskPatch",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+        } <= services
         pool = DescriptorPool(database)
         service = pool.FindServiceByName("taskpatch.v1.TaskPatch")
         methods = {m.name for m in service.methods}

@@ -240,11 +240,6 @@ def test_a_non_finite_regression_value_is_an_invalid_argument(main: ServerHandle
     assert error is not None and error.code == "INVALID_ARGUMENT"
 
 
-@pytest.mark.xfail(
-    reason="BUG: rpc_method maps the grpc.RpcError raised by the request iterator of a call the client cancelled "
-    "mid-upload to INTERNAL (counted, and logged as an error with a traceback)",
-    strict=True,
-)
 def test_an_upload_the_client_abandons_is_counted_as_cancelled_not_internal(servers: Servers) -> None:
     # Not on the module server: this test must not pollute the module-wide INTERNAL check if it fails.
     handle = servers.start()
@@ -403,11 +398,6 @@ def test_pinning_every_resident_slot_is_resource_exhausted(module_servers: Serve
 # ---- FAILED_PRECONDITION -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="BUG: scheduler.submit raises InvalidArgument (-> INVALID_ARGUMENT) for method 'full' when allow_full is "
-    "False; a valid request refused by server configuration is FAILED_PRECONDITION",
-    strict=True,
-)
 def test_full_fine_tuning_is_a_failed_precondition_when_disabled(client: TaskPatchClient) -> None:
     error = client_error(add_toy(client, "fullft", method="full"))
     assert error is not None and error.code == "FAILED_PRECONDITION", error
@@ -459,11 +449,6 @@ def test_mutating_rpcs_need_the_token(module_servers: Servers) -> None:
         assert client_code(lambda: anonymous.get_task("guarded")) == "NOT_FOUND"
 
 
-@pytest.mark.xfail(
-    reason="BUG: app.py builds BearerTokenInterceptor without on_denied, so refused calls never reach "
-    "taskpatch_rpc_requests_total (no code=UNAUTHENTICATED sample)",
-    strict=True,
-)
 def test_refused_calls_are_counted_as_unauthenticated(module_servers: Servers) -> None:
     secured = module_servers.start(auth_token="s3cret")
     with secured.connect() as anonymous:

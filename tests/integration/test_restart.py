@@ -139,11 +139,6 @@ def test_restart_keeps_finished_jobs(finished_jobs_then_restart: tuple[ServerHan
     assert [j.id for j in second.client.list_jobs()] == [done_id, cancelled_id]
 
 
-@pytest.mark.xfail(
-    reason="BUG: TrainingScheduler._recover_journal replays a succeeded job's 'done' event without its done payload "
-    "(version 0, no metrics)",
-    strict=True,
-)
 def test_restart_replays_a_succeeded_jobs_done_event(
     finished_jobs_then_restart: tuple[ServerHandle, dict[str, JobEvent]],
 ) -> None:
@@ -155,10 +150,6 @@ def test_restart_replays_a_succeeded_jobs_done_event(
     assert replayed.metrics == live[done_id].metrics
 
 
-@pytest.mark.xfail(
-    reason="BUG: TrainingScheduler._recover_journal replays a cancelled job's last event as kind 'failed'",
-    strict=True,
-)
 def test_restart_replays_a_cancelled_jobs_cancelled_event(
     finished_jobs_then_restart: tuple[ServerHandle, dict[str, JobEvent]],
 ) -> None:

@@ -1,0 +1,318 @@
+"""The study's grid: profiles, cells with stable ids, and a time estimate.
+
+The study varies two things, so the grid has two axes rather than a full product:
+
+- the **data-fraction axis**: every fraction, at the profile's fraction-axis time budget (unlimited in ``full``);
+- the **time-budget axis**: every budget, at data fraction 1.0.
+
+A product of both would spend most of its time on cells that answer neither question. The cell at fraction 1.0
+with the fraction-axis budget lies on both axes; it is built once and marked with both (``Cell.axes``).
+
+A cell's id is a hash of what decides its result (task, method, fraction, budget, seed, epochs, data limits,
+backbone), never of where it sits in the grid, so re-running with other axes reuses every cell already measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+FRACTION_AXIS = "fraction"
+BUDGET_AXIS = "budget"
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid; ``time_budget_s`` 0 means unlimited, ``epochs`` None the method's default."""
+
+    task: str
+    method: str
+    data_fraction: float
+    time_budget_s: float
+    seed: int
+    epochs: int | None
+    dev_limit: int  # 0: the whole dev split
+    train_limit: int  # 0: the whole train split (only tests set it)
+    backbone: str
+    axes: tuple[str, ...] = field(default=(), compare=False)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields the result depends on, normalised so 40 and 40.0 (or 0.30 and 0.3) are the same cell."""
+        return {
+            "task": self.task,
+            "method": self.method,
+            "data_fraction": float(self.data_fraction),
+            "time_budget_s": float(self.time_budget_s),
+            "seed": int(self.seed),
+            "epochs": None if self.epochs is None else int(self.epochs),
+            "dev_limit": int(self.dev_limit),
+            "train_limit": int(self.train_limit),
+            "backbone": self.backbone,
+        }
+
+    @property
+    def cell_id(self) -> str:
+        """First 16 hex digits of sha256 over the canonical JSON of :meth:`identity`."""
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        return (
+            f"{self.task}/{self.method} frac={self.data_fraction:g} budget={format_budget(self.time_budget_s)}"
+            f" seed={self.seed}"
+        )
+
+
+def format_budget(seconds: float) -> str:
+    return "unlimited" if not seconds else f"{seconds:g}s"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named grid. Budgets are per device type because a time cap only means something relative to a speed."""
+
+    name: str
+    summary: str
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...]
+    fractions: tuple[float, ...]
+    fraction_budget_s: Mapping[str, float]  # device type -> time budget of the fraction axis (0: unlimited)
+    budgets_s: Mapping[str, tuple[float, ...]]  # device type -> the time-budget axis (at data fraction 1.0)
+    seeds: int
+    epochs: int | None  # None: each method's default (10, docs/training-defaults.md)
+    dev_limit: int  # 0: the whole dev split
+
+
+# The quick profile has to finish on the 2-core CPU machine in an hour with the embedded MiniLM. What it cuts, and
+# why: 1 epoch per cell with a 40 s cap (a full CoLA epoch alone takes ~330 s there); 400 dev examples per task
+# (evaluation runs at ~80 ex/s, so a whole STS-B dev split would cost 19 s per cell); 2 seeds instead of 3; no
+# 0.5 fraction; the budget axis is 15 s and 40 s (the 40 s cell is shared with the fraction axis). Estimate: ~45
+# min (see ``estimate_cell_s``). Under a 40 s cap the 0.3 and 1.0 fractions see about the same number of examples
+# on CPU, so there the fraction axis mostly measures the pool the examples are drawn from; the report says so.
+QUICK = Profile(
+    name="quick",
+    summary="3 tasks x 3 methods x fractions (0.1, 0.3, 1.0) at a 40 s cap + budgets (15 s, 40 s) at fraction 1.0;"
+    " 2 seeds; 1 epoch per cell; dev limited to 400 examples per task",
+    tasks=("mrpc", "stsb", "cola"),
+    methods=("full", "bitfit", "adapter"),
+    fractions=(0.1, 0.3, 1.0),
+    fraction_budget_s={"cpu": 40.0, "cuda": 40.0},
+    budgets_s={"cpu": (15.0, 40.0), "cuda": (15.0, 40.0)},
+    seeds=2,
+    epochs=1,
+    dev_limit=400,
+)
+
+# The real grid: each method's default schedule (10 epochs, keep-best), whole dev splits, 3 seeds. The caps on the
+# budget axis are chosen to cut a run at very roughly 10%, 30% and 100% of its unlimited length: on a GPU alone a
+# 10-epoch run of these tasks takes about 20-60 s (the H200 sweep in docs/training-defaults.md took 56-140 s with 8
+# runs sharing the GPU); on the 2-core CPU 10 epochs take 25-55 min per cell, so the CPU caps are 60x larger.
+FULL = Profile(
+    name="full",
+    summary="3 tasks x 3 methods x fractions (0.1, 0.3, 0.5, 1.0) unlimited + budgets at fraction 1.0"
+    " (unlimited, 5 s, 15 s, 45 s on CUDA; unlimited, 300 s, 900 s, 2700 s on CPU); 3 seeds; method-default epochs",
+    tasks=("mrpc", "cola", "stsb"),
+    methods=("full", "bitfit", "adapter"),
+    fractions=(0.1, 0.3, 0.5, 1.0),
+    fraction_budget_s={"cpu": 0.0, "cuda": 0.0},
+    budgets_s={"cpu": (0.0, 300.0, 900.0, 2700.0), "cuda": (0.0, 5.0, 15.0, 45.0)},
+    seeds=3,
+    epochs=None,
+    dev_limit=0,
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (QUICK, FULL)}
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A profile resolved for one device type, with any command-line overrides applied."""
+
+    profile: str
+    device_type: str
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...]
+    fractions: tuple[float, ...]
+    fraction_budget_s: float
+    budgets_s: tuple[float, ...]
+    seeds: tuple[int, ...]
+    epochs: int | None
+    dev_limit: int
+    train_limit: int
+    backbone: str
+
+    def describe(self) -> str:
+        budgets = ", ".join(format_budget(b) for b in self.budgets_s) or "none"
+        return (
+            f"tasks {', '.join(self.tasks)}; methods {', '.join(self.methods)}; data fractions"
+            f" {', '.join(f'{f:g}' for f in self.fractions)} at budget {format_budget(self.fraction_budget_s)};"
+            f" budgets {budgets} at fraction 1; seeds {', '.join(map(str, self.seeds))};"
+            f" epochs {self.epochs if self.epochs is not None else 'method default'};"
+            f" dev limit {self.dev_limit or 'none'}; backbone {self.backbone}"
+            + (f"; train limit {self.train_limit}" if self.train_limit else "")
+        )
+
+
+def resolve_spec(
+    profile: Profile,
+    device_type: str,
+    *,
+    backbone: str,
+    tasks: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    fractions: Sequence[float] | None = None,
+    fraction_budget_s: float | None = None,
+    budgets_s: Sequence[float] | None = None,
+    seeds: int | None = None,
+    epochs: int | None = None,
+    dev_limit: int | None = None,
+    train_limit: int = 0,
+) -> GridSpec:
+    """The profile's values for ``device_type``, each replaced by the override when one is given."""
+    if device_type not in DEVICE_TYPES:
+        raise ValueError(f"device type must be one of {', '.join(DEVICE_TYPES)}, got {device_type!r}")
+    spec = GridSpec(
+        profile=profile.name,
+        device_type=device_type,
+        tasks=tuple(tasks or profile.tasks),
+        methods=tuple(methods or profile.methods),
+        fractions=tuple(float(f) for f in (fractions or profile.fractions)),
+        fraction_budget_s=float(
+            profile.fraction_budget_s[device_type] if fraction_budget_s is None else fraction_budget_s
+        ),
+        budgets_s=tuple(float(b) for b in (profile.budgets_s[device_type] if budgets_s is None else budgets_s)),
+        seeds=tuple(range(profile.seeds if seeds is None else seeds)),
+        epochs=profile.epochs if epochs is None else epochs,
+        dev_limit=profile.dev_limit if dev_limit is None else dev_limit,
+        train_limit=train_limit,
+        backbone=backbone,
+    )
+    _validate(spec)
+    return spec
+
+
+def _validate(spec: GridSpec) -> None:
+    if not spec.tasks or not spec.methods or not spec.seeds:
+        raise ValueError("the grid needs at least one task, one method and one seed")
+    if not spec.fractions and not spec.budgets_s:
+        raise ValueError("the grid needs at least one data fraction or one time budget")
+    for fraction in spec.fractions:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"data fractions must be in (0, 1], got {fraction:g}")
+    for budget in (spec.fraction_budget_s, *spec.budgets_s):
+        if not math.isfinite(budget) or budget < 0:
+            raise ValueError(f"time budgets must be >= 0 seconds (0: unlimited), got {budget:g}")
+    if spec.epochs is not None and spec.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {spec.epochs}")
+    if spec.dev_limit < 0 or spec.train_limit < 0:
+        raise ValueError("data limits must be >= 0 (0: no limit)")
+
+
+def build_grid(spec: GridSpec) -> list[Cell]:
+    """Every cell of both axes, shared cells once, seed-major.
+
+    Seed-major order (all of seed 0, then all of seed 1, ...) means a run stopped half-way has covered the whole
+    grid with fewer seeds, which the report can already use, instead of half the grid with every seed.
+    """
+    cells: dict[str, Cell] = {}
+
+    def add(cell: Cell, axis: str) -> None:
+        known = cells.get(cell.cell_id)
+        if known is None:
+            cells[cell.cell_id] = Cell(**{**cell.identity(), "axes": (axis,)})
+        elif axis not in known.axes:
+            cells[cell.cell_id] = Cell(**{**known.identity(), "axes": (*known.axes, axis)})
+
+    common = {"epochs": spec.epochs, "dev_limit": spec.dev_limit, "train_limit": spec.train_limit}
+    for seed in spec.seeds:
+        for task in spec.tasks:
+            for method in spec.methods:
+                for fraction in spec.fractions:
+                    cell = Cell(task, method, fraction, spec.fraction_budget_s, seed, backbone=spec.backbone, **common)
+                    add(cell, FRACTION_AXIS)
+                for budget in spec.budgets_s:
+                    add(Cell(task, method, 1.0, budget, seed, backbone=spec.backbone, **common), BUDGET_AXIS)
+    return list(cells.values())
+
+
+# ---- time estimate ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Throughputs the estimate assumes (examples per second)."""
+
+    train: Mapping[str, float]  # method -> training examples/s
+    eval: float  # evaluation examples/s
+    tokenize: float  # tokenizer examples/s (counts against the time budget: the trainer's clock starts first)
+    cell_overhead_s: float  # patch-file write, snapshot, bookkeeping
+    full_patch_write_s: float  # writing + hashing the ~90 MB full fine-tuning "patch"
+    source: str
+
+
+RATES: dict[str, Rates] = {
+    # Measured on the 2-core CPU machine with the embedded MiniLM on MRPC (the longest inputs of the three tasks,
+    # so the estimate errs high for CoLA and STS-B).
+    "cpu": Rates(
+        train={"bitfit": 26.0, "adapter": 24.0, "full": 18.0},
+        eval=80.0,
+        tokenize=4000.0,
+        cell_overhead_s=1.0,
+        full_patch_write_s=2.0,
+        source="measured on the 2-core CPU machine, embedded MiniLM, MRPC",
+    ),
+    # Not measured alone: read off the H200 sweep (8 runs sharing the GPU) and scaled up; the progress bar's ETA,
+    # which follows the real pace, is the better guide on a GPU.
+    "cuda": Rates(
+        train={"bitfit": 1200.0, "adapter": 2000.0, "full": 2000.0},
+        eval=8000.0,
+        tokenize=8000.0,
+        cell_overhead_s=0.5,
+        full_patch_write_s=1.0,
+        source="rough guess from the shared-GPU sweep, embedded MiniLM",
+    ),
+}
+DEFAULT_TRAIN_RATE = 20.0  # a method the table does not know (a plug-in) on CPU
+
+
+def estimate_cell_s(
+    cell: Cell, n_train: int, n_dev: int, default_epochs: int, device_type: str, evals_per_epoch: int = 1
+) -> float:
+    """Seconds one cell should take: tokenizing, training (capped by the budget), evaluations, overheads.
+
+    ``n_train`` and ``n_dev`` are the split sizes after the data limits; ``default_epochs`` is the method's
+    default, used when the cell leaves epochs unset.
+    """
+    rates = RATES[device_type]
+    train_rate = rates.train.get(cell.method, DEFAULT_TRAIN_RATE if device_type == "cpu" else 1000.0)
+    examples = max(1, round(n_train * cell.data_fraction))
+    epochs = cell.epochs or default_epochs
+    epoch_s = examples / train_rate
+    planned_s = epochs * epoch_s
+    eval_s = n_dev / rates.eval
+    if cell.time_budget_s and planned_s > cell.time_budget_s:
+        train_s = cell.time_budget_s
+        evaluations = math.floor(cell.time_budget_s / epoch_s) * evals_per_epoch + 1  # + the one at the stop
+    else:
+        train_s = planned_s
+        evaluations = epochs * evals_per_epoch
+    tokenize_s = (examples + n_dev) / rates.tokenize
+    write_s = rates.full_patch_write_s if cell.method == "full" else 0.1
+    return tokenize_s + train_s + evaluations * eval_s + write_s + rates.cell_overhead_s
+
+
+def estimate_total_s(
+    cells: Iterable[Cell],
+    split_sizes: Mapping[str, tuple[int, int]],
+    default_epochs: Mapping[str, int],
+    device_type: str,
+) -> float:
+    """Sum of :func:`estimate_cell_s`; ``split_sizes`` maps task -> (train, dev) sizes after the limits."""
+    return sum(
+        estimate_cell_s(c, *split_sizes[c.task], default_epochs[c.method], device_type) for c in cells
+    )
