@@ -14,6 +14,7 @@ backbone), never of where it sits in the grid, so re-running with other axes reu
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -224,19 +225,28 @@ def build_grid(spec: GridSpec) -> list[Cell]:
     def add(cell: Cell, axis: str) -> None:
         known = cells.get(cell.cell_id)
         if known is None:
-            cells[cell.cell_id] = Cell(**{**cell.identity(), "axes": (axis,)})
+            cells[cell.cell_id] = dataclasses.replace(cell, axes=(axis,))
         elif axis not in known.axes:
-            cells[cell.cell_id] = Cell(**{**known.identity(), "axes": (*known.axes, axis)})
+            cells[cell.cell_id] = dataclasses.replace(known, axes=(*known.axes, axis))
 
-    common = {"epochs": spec.epochs, "dev_limit": spec.dev_limit, "train_limit": spec.train_limit}
     for seed in spec.seeds:
         for task in spec.tasks:
             for method in spec.methods:
-                for fraction in spec.fractions:
-                    cell = Cell(task, method, fraction, spec.fraction_budget_s, seed, backbone=spec.backbone, **common)
-                    add(cell, FRACTION_AXIS)
-                for budget in spec.budgets_s:
-                    add(Cell(task, method, 1.0, budget, seed, backbone=spec.backbone, **common), BUDGET_AXIS)
+                points = [(f, spec.fraction_budget_s, FRACTION_AXIS) for f in spec.fractions]
+                points += [(1.0, b, BUDGET_AXIS) for b in spec.budgets_s]
+                for fraction, budget, axis in points:
+                    cell = Cell(
+                        task=task,
+                        method=method,
+                        data_fraction=fraction,
+                        time_budget_s=budget,
+                        seed=seed,
+                        epochs=spec.epochs,
+                        dev_limit=spec.dev_limit,
+                        train_limit=spec.train_limit,
+                        backbone=spec.backbone,
+                    )
+                    add(cell, axis)
     return list(cells.values())
 
 
@@ -313,6 +323,4 @@ def estimate_total_s(
     device_type: str,
 ) -> float:
     """Sum of :func:`estimate_cell_s`; ``split_sizes`` maps task -> (train, dev) sizes after the limits."""
-    return sum(
-        estimate_cell_s(c, *split_sizes[c.task], default_epochs[c.method], device_type) for c in cells
-    )
+    return sum(estimate_cell_s(c, *split_sizes[c.task], default_epochs[c.method], device_type) for c in cells)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from experiments.grid import (
     PROFILES,
@@ -41,6 +41,14 @@ from experiments.grid import (
     estimate_cell_s,
     resolve_spec,
 )
+
+if TYPE_CHECKING:  # the heavy imports (torch, transformers) wait until a run needs them, so --help stays fast
+    import torch
+    from rich.console import Console
+
+    from server.model import PatchedModel
+    from server.training.trainer import TrainEvent, TrainResult
+    from tasks.types import TaskData
 
 RESULTS_SCHEMA = 1
 LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "scikit-learn", "scipy", "numpy", "taskpatch")
@@ -202,7 +210,7 @@ def git_commit(root: Path) -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def device_info(device: Any) -> dict[str, Any]:
+def device_info(device: torch.device) -> dict[str, Any]:
     import torch
 
     if device.type == "cuda":
@@ -214,7 +222,7 @@ def device_info(device: Any) -> dict[str, Any]:
 # ---- data ------------------------------------------------------------------------------------------------------
 
 
-def load_task(name: str, data_dir: str | None, glue_dir_env: str | None, train_limit: int, dev_limit: int) -> Any:
+def load_task(name: str, data_dir: str | None, glue_dir_env: str | None, train_limit: int, dev_limit: int) -> TaskData:
     """The GLUE task with the study's limits applied.
 
     Limits take a stratified sample with a fixed seed (0), not the first rows: the same dev examples for every
@@ -241,14 +249,14 @@ def load_task(name: str, data_dir: str | None, glue_dir_env: str | None, train_l
 class RunContext:
     """What every cell of one run shares."""
 
-    model: Any  # PatchedModel
+    model: PatchedModel
     profile: str
     device: dict[str, Any]
     versions: dict[str, str]
     commit: str | None
 
 
-def patch_bytes(model: Any, result: Any, task: str) -> int:
+def patch_bytes(model: PatchedModel, result: TrainResult, task: str) -> int:
     """Size of the file the patch store would write for this patch (for ``full``: the whole model, ~90 MB)."""
     from server.store.format import PatchMeta, write_patch_file
 
@@ -268,7 +276,9 @@ def patch_bytes(model: Any, result: Any, task: str) -> int:
         return path.stat().st_size
 
 
-def run_cell(context: RunContext, data: Any, cell: Cell, on_event: Callable[[Any], None] | None = None) -> dict:
+def run_cell(
+    context: RunContext, data: TaskData, cell: Cell, on_event: Callable[[TrainEvent], None] | None = None
+) -> dict[str, Any]:
     """Train one cell with the service's trainer and return its results line."""
     from server.training.config import TrainConfig
     from server.training.trainer import train
@@ -312,7 +322,7 @@ def run_cell(context: RunContext, data: Any, cell: Cell, on_event: Callable[[Any
     }
 
 
-def warm_up(model: Any, data: Any, methods: Sequence[str]) -> None:
+def warm_up(model: PatchedModel, data: TaskData, methods: Sequence[str]) -> None:
     """One tiny run per method before the clock matters.
 
     The time budget is wall-clock from the start of ``train``; without this the first cell would pay one-time
@@ -448,7 +458,7 @@ def _check_same_device(records: list[dict[str, Any]], device_type: str, path: Pa
 
 
 def _run_pending(
-    console: Any,
+    console: Console,
     args: argparse.Namespace,
     spec: GridSpec,
     cells: list[Cell],
@@ -504,9 +514,9 @@ def _run_pending(
 
 
 def _run_cells(
-    console: Any,
+    console: Console,
     context: RunContext,
-    data: dict[str, Any],
+    data: dict[str, TaskData],
     pending: list[Cell],
     estimates: dict[str, float],
     results: ResultsFile,
@@ -533,7 +543,7 @@ def _run_cells(
         for index, cell in enumerate(pending, start=1):
             progress.update(bar, status=cell.label())
 
-            def on_event(event: Any, cell: Cell = cell) -> None:
+            def on_event(event: TrainEvent, cell: Cell = cell) -> None:
                 if event.kind == "progress":
                     status = f"{cell.label()} step {event.step}/{event.total_steps} loss {event.loss:.3f}"
                     progress.update(bar, status=status)
@@ -563,13 +573,17 @@ def _run_cells(
     return 0
 
 
-def _report(console: Any, results_path: Path, out_dir: Path) -> int:
+def _report(console: Console, results_path: Path, out_dir: Path) -> int:
     from experiments.report import write_report
 
     if not results_path.exists():
         console.print(f"[red]error:[/red] no results file at {results_path}")
         return EXIT_USAGE
-    written = write_report(results_path, out_dir)
+    try:
+        written = write_report(results_path, out_dir)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return EXIT_USAGE
     console.print(f"report: {written.markdown} (+ {len(written.plots)} plots)")
     for verdict in written.verdicts:
         console.print(f"  {verdict.headline()}")

@@ -262,15 +262,19 @@ def start_prometheus(binary: str, workdir: Path, metrics_port: int) -> Prometheu
                 stderr=subprocess.STDOUT,
             )
         prometheus = Prometheus(process, port, log)
-        deadline = time.monotonic() + DEADLINE_S
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        return prometheus
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
+        try:
+            deadline = time.monotonic() + DEADLINE_S
+            while process.poll() is None and time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=2) as response:
+                        if response.status == 200:
+                            return prometheus
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    pass
+                time.sleep(0.2)
+        except BaseException:
+            prometheus.stop()  # interrupted while waiting: no orphaned Prometheus
+            raise
         prometheus.stop()
         failures.append(log.read_text()[-2000:])
     raise AssertionError("prometheus did not become ready:\n" + "\n----\n".join(failures))

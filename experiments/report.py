@@ -1,0 +1,660 @@
+"""Turn a study results file into Markdown tables, PNG plots and a verdict on each of the study's three claims.
+
+    python -m experiments.report results/study-quick.jsonl --out docs/study
+
+Writes ``<out>/report.md`` (per task: method x data fraction and method x time budget, mean ± std over seeds; what
+training each cell actually did; the verdicts; the published numbers, kept apart) and three plots:
+``fraction.png`` (metric vs data fraction, error bars = std over seeds), ``budget.png`` (metric vs time budget)
+and ``spread.png`` (each seed's deviation from its cell's mean, per method: the run-to-run variability claim 3
+is about). Only reads the results file; a truncated last line (a run still going, or killed) is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experiments import references
+from experiments.grid import BUDGET_AXIS, FRACTION_AXIS, format_budget
+
+# Decision rules of the verdicts, in metric points (x100). Stated in the report next to each verdict.
+MATCH_TOLERANCE = 1.0  # "matches": BitFit at most 1 point below full fine-tuning (docs/quality.md's goal)
+STABLE_DROP = 2.0  # "stable with 30% of the data": at most 2 points below its own 100%-data score ...
+STABLE_STD = 2.0  # ... with a seed-to-seed std of at most 2 points
+GAIN = 1.0  # an adapter "gains" over full fine-tuning when more than 1 point above, "loses" when 1 point below
+
+METHOD_ORDER = ("full", "bitfit", "adapter")
+METHOD_TITLES = {"full": "full fine-tuning", "bitfit": "BitFit", "adapter": "adapters"}
+METRIC_TITLES = {"f1": "F1", "accuracy": "accuracy", "matthews": "Matthews corr.", "spearman": "Spearman",
+                 "pearson": "Pearson"}  # fmt: skip
+SUPPORTED, PARTLY, NOT_SUPPORTED, NOT_EVALUABLE = (
+    "supported",
+    "partly supported",
+    "not supported",
+    "cannot be evaluated",
+)
+
+
+# ---- reading ---------------------------------------------------------------------------------------------------
+
+
+def load_records(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Records of ``path`` (first of each cell id wins) and warnings about what was skipped."""
+    warnings: list[str] = []
+    records: dict[str, dict[str, Any]] = {}
+    text = path.read_text()
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            last = number == len(lines)  # no newline after it: a run in flight or killed mid-write
+            warnings.append(f"line {number}: {'truncated last line' if last else 'not JSON'}, skipped")
+            continue
+        if not isinstance(record, dict) or "cell_id" not in record:
+            warnings.append(f"line {number}: not a study record, skipped")
+            continue
+        if record["cell_id"] in records:
+            warnings.append(f"line {number}: cell {record['cell_id']} appears again, the first one is used")
+            continue
+        records[record["cell_id"]] = record
+    return list(records.values()), warnings
+
+
+@dataclass
+class Group:
+    """The seeds of one (task, method, fraction, budget) setting."""
+
+    task: str
+    method: str
+    fraction: float
+    budget: float
+    axes: set[str] = field(default_factory=set)
+    values: list[float] = field(default_factory=list)  # primary metric x100, one per seed
+    examples_seen: list[int] = field(default_factory=list)
+    capped: int = 0  # cells stopped by the time budget
+    wall_time_s: list[float] = field(default_factory=list)
+    trainable_parameters: int = 0
+    patch_bytes: int = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        """Sample std over seeds; NaN with one seed (unknown, not zero)."""
+        return statistics.stdev(self.values) if self.n >= 2 else math.nan
+
+    def cell(self) -> str:
+        if self.n == 1:
+            return f"{self.mean:.1f} (n=1)"
+        return f"{self.mean:.1f} ± {self.std:.1f}"
+
+
+@dataclass
+class TaskResults:
+    task: str
+    metric: str
+    groups: dict[tuple[str, float, float], Group]  # (method, fraction, budget) -> group
+
+    def methods(self) -> list[str]:
+        return _ordered_methods({m for m, _, _ in self.groups})
+
+    def axis(self, name: str) -> list[Group]:
+        return [g for g in self.groups.values() if name in g.axes]
+
+    def get(self, method: str, fraction: float, budget: float) -> Group | None:
+        return self.groups.get((method, fraction, budget))
+
+    def main_fraction_budget(self) -> float | None:
+        """The budget of the fraction axis (the one most fraction-axis cells used)."""
+        budgets = [g.budget for g in self.axis(FRACTION_AXIS) for _ in g.values]
+        return max(set(budgets), key=budgets.count) if budgets else None
+
+    def settings(self) -> list[tuple[float, float]]:
+        """Every (fraction, budget) on either axis, fraction axis first."""
+        seen: dict[tuple[float, float], None] = {}
+        for name in (FRACTION_AXIS, BUDGET_AXIS):
+            for g in sorted(self.axis(name), key=lambda g: (g.fraction, _budget_key(g.budget))):
+                seen[(g.fraction, g.budget)] = None
+        return list(seen)
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> dict[str, TaskResults]:
+    tasks: dict[str, TaskResults] = {}
+    for record in records:
+        cell = record["cell"]
+        task = tasks.setdefault(cell["task"], TaskResults(cell["task"], record["primary_metric"], {}))
+        key = (cell["method"], float(cell["data_fraction"]), float(cell["time_budget_s"]))
+        group = task.groups.setdefault(key, Group(cell["task"], *key))
+        group.axes.update(record.get("axes") or [])
+        group.values.append(100.0 * float(record["metrics"][record["primary_metric"]]))
+        group.examples_seen.append(int(record["examples_seen"]))
+        group.capped += record.get("stop_reason") == "time_budget"
+        group.wall_time_s.append(float(record["wall_time_s"]))
+        group.trainable_parameters = int(record["trainable_parameters"])
+        group.patch_bytes = int(record["patch_bytes"])
+    return dict(sorted(tasks.items(), key=lambda kv: _task_key(kv[0])))
+
+
+def _ordered_methods(methods: Iterable[str]) -> list[str]:
+    return sorted(set(methods), key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
+
+
+def _task_key(task: str) -> tuple[int, str]:
+    order = ("mrpc", "cola", "stsb")
+    return (order.index(task) if task in order else 99, task)
+
+
+def _budget_key(budget: float) -> float:
+    return budget or math.inf  # unlimited (0) sorts last
+
+
+def _title(task: str) -> str:
+    return references.TASK_TITLES.get(task, task)
+
+
+def _metric(name: str) -> str:
+    return METRIC_TITLES.get(name, name)
+
+
+def _setting(fraction: float, budget: float) -> str:
+    return f"{fraction:.0%} data, budget {format_budget(budget)}"
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.1f}"
+
+
+# ---- verdicts --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    number: int
+    claim: str
+    status: str
+    rule: str
+    details: list[str]
+
+    def headline(self) -> str:
+        return f"Claim {self.number} ({self.claim}): {self.status}"
+
+    def markdown(self) -> list[str]:
+        lines = [f"### Claim {self.number}: {self.claim} — **{self.status}**", "", f"Rule: {self.rule}", ""]
+        lines += [f"- {d}" for d in self.details]
+        return [*lines, ""]
+
+
+def _status(passed: int, total: int) -> str:
+    if total == 0:
+        return NOT_EVALUABLE
+    if passed == total:
+        return SUPPORTED
+    return PARTLY if passed > 0 else NOT_SUPPORTED
+
+
+def claim_bitfit_matches(tasks: dict[str, TaskResults]) -> Verdict:
+    rule = (
+        f"in every compared setting (each data fraction and each time budget), BitFit's mean is at most"
+        f" {MATCH_TOLERANCE:g} point below full fine-tuning's; 'partly' when that holds in some settings."
+    )
+    details: list[str] = []
+    passed = total = 0
+    for task in tasks.values():
+        deltas: list[tuple[tuple[float, float], float, Group, Group]] = []
+        for fraction, budget in task.settings():
+            bitfit, full = task.get("bitfit", fraction, budget), task.get("full", fraction, budget)
+            if bitfit and full:
+                deltas.append(((fraction, budget), bitfit.mean - full.mean, bitfit, full))
+        if not deltas:
+            continue
+        ok = sum(d >= -MATCH_TOLERANCE for _, d, _, _ in deltas)
+        passed, total = passed + ok, total + len(deltas)
+        main = (1.0, task.main_fraction_budget())
+        headline = next((x for x in deltas if x[0] == main), deltas[-1])
+        (fraction, budget), delta, bitfit, full = headline
+        low, high = min(d for _, d, _, _ in deltas), max(d for _, d, _, _ in deltas)
+        details.append(
+            f"{_title(task.task)} ({_metric(task.metric)}): BitFit − full at {_setting(fraction, budget)} ="
+            f" {_signed(delta)} ({bitfit.cell()} vs {full.cell()}); within {MATCH_TOLERANCE:g} point or better in"
+            f" {ok} of {len(deltas)} settings (BitFit − full from {_signed(low)} to {_signed(high)})."
+        )
+    if not total:
+        details.append("needs both BitFit and full fine-tuning cells.")
+    return Verdict(1, "BitFit matches full fine-tuning", _status(passed, total), rule, details)
+
+
+def claim_bitfit_low_data(tasks: dict[str, TaskResults]) -> Verdict:
+    rule = (
+        f"(a) with 30% of the data BitFit is at most {STABLE_DROP:g} points below its own 100%-data score and its"
+        f" seed-to-seed std is at most {STABLE_STD:g} points; (b) at every intermediate fraction (between the"
+        " smallest and 100%) BitFit's mean is above full fine-tuning's. Supported when (a) and (b) hold"
+        " everywhere, partly when some of them hold."
+    )
+    details: list[str] = []
+    checks: list[bool] = []
+    for task in tasks.values():
+        budget = task.main_fraction_budget()
+        if budget is None:
+            continue
+        fractions = sorted({g.fraction for g in task.axis(FRACTION_AXIS) if g.budget == budget})
+        low_data, all_data = task.get("bitfit", 0.3, budget), task.get("bitfit", 1.0, budget)
+        name = f"{_title(task.task)} ({_metric(task.metric)}, budget {format_budget(budget)})"
+        if low_data and all_data:
+            drop, std = all_data.mean - low_data.mean, low_data.std
+            stable = drop <= STABLE_DROP and (math.isnan(std) or std <= STABLE_STD)
+            checks.append(stable)
+            spread = "std unknown with one seed" if math.isnan(std) else f"std {std:.1f}"
+            details.append(
+                f"{name}: (a) BitFit at 30% {low_data.mean:.1f} vs 100% {all_data.mean:.1f} (drop"
+                f" {drop:.1f}), {spread} → {'stable' if stable else 'not stable'} by the rule."
+            )
+        else:
+            details.append(f"{name}: (a) needs BitFit at fractions 0.3 and 1.0 on the fraction axis.")
+        intermediate = [f for f in fractions if fractions[0] < f < fractions[-1]]
+        parts = []
+        for fraction in intermediate:
+            bitfit, full = task.get("bitfit", fraction, budget), task.get("full", fraction, budget)
+            if bitfit and full:
+                delta = bitfit.mean - full.mean
+                checks.append(delta > 0)
+                parts.append(f"{fraction:.0%}: {_signed(delta)} ({bitfit.cell()} vs {full.cell()})")
+        if parts:
+            details.append(f"{name}: (b) BitFit − full at intermediate fractions: " + "; ".join(parts) + ".")
+        else:
+            details.append(f"{name}: (b) needs BitFit and full at a fraction strictly between the extremes.")
+    return Verdict(
+        2,
+        "BitFit is stable with 30% of the data and beats full fine-tuning at intermediate data levels",
+        _status(sum(checks), len(checks)),
+        rule,
+        details,
+    )
+
+
+def _pooled_std(groups: Iterable[Group]) -> float:
+    """Root mean of the per-setting seed variances: run-to-run spread with the effect of the setting removed."""
+    variances = [statistics.variance(g.values) for g in groups if g.n >= 2]
+    return math.sqrt(statistics.fmean(variances)) if variances else math.nan
+
+
+def claim_adapters_vary(tasks: dict[str, TaskResults]) -> Verdict:
+    rule = (
+        "(a) adapters have the largest seed-to-seed std of the methods (pooled over settings); (b) their difference"
+        f" to full fine-tuning changes sign across settings (gain > +{GAIN:g}, loss < −{GAIN:g}, else tie: more than"
+        " one kind = inconsistent). Supported when (a) holds on every task and (b) holds; partly when one holds."
+    )
+    details: list[str] = []
+    variable_tasks = evaluable_tasks = 0
+    kinds_all: set[str] = set()
+    for task in tasks.values():
+        methods = task.methods()
+        if "adapter" not in methods:
+            continue
+        stds = {m: _pooled_std(g for (method, _, _), g in task.groups.items() if method == m) for m in methods}
+        name = f"{_title(task.task)} ({_metric(task.metric)})"
+        if not math.isnan(stds["adapter"]) and len([s for s in stds.values() if not math.isnan(s)]) > 1:
+            evaluable_tasks += 1
+            most = max((s, m) for m, s in stds.items() if not math.isnan(s))[1] == "adapter"
+            variable_tasks += most
+            listed = ", ".join(f"{METHOD_TITLES.get(m, m)} {s:.1f}" for m, s in stds.items() if not math.isnan(s))
+            details.append(f"{name}: (a) pooled seed std: {listed} → adapters {'most' if most else 'not most'}"
+                           " variable.")  # fmt: skip
+        else:
+            details.append(f"{name}: (a) needs at least 2 seeds per setting and another method to compare.")
+        kinds: dict[str, int] = {"gain": 0, "tie": 0, "loss": 0}
+        deltas = []
+        for fraction, budget in task.settings():
+            adapter, full = task.get("adapter", fraction, budget), task.get("full", fraction, budget)
+            if adapter and full:
+                delta = adapter.mean - full.mean
+                deltas.append(delta)
+                kinds["gain" if delta > GAIN else "loss" if delta < -GAIN else "tie"] += 1
+        if deltas:
+            kinds_all.update(k for k, n in kinds.items() if n)
+            details.append(
+                f"{name}: (b) adapters − full over {len(deltas)} settings: {kinds['gain']} gains, {kinds['tie']}"
+                f" ties, {kinds['loss']} losses (from {_signed(min(deltas))} to {_signed(max(deltas))})."
+            )
+    inconsistent = len(kinds_all) > 1
+    if kinds_all:
+        details.append(
+            f"(b) overall: {'inconsistent' if inconsistent else 'consistent'} ({', '.join(sorted(kinds_all))})."
+        )
+    if not evaluable_tasks and not kinds_all:
+        status = NOT_EVALUABLE
+        details.append("needs adapter cells, with 2+ seeds for (a) and full fine-tuning cells for (b).")
+    elif (evaluable_tasks and variable_tasks == evaluable_tasks) and inconsistent:
+        status = SUPPORTED
+    elif variable_tasks or inconsistent:
+        status = PARTLY
+    else:
+        status = NOT_SUPPORTED
+    return Verdict(3, "adapters vary a lot across runs, with inconsistent gains", status, rule, details)
+
+
+def verdicts(tasks: dict[str, TaskResults]) -> list[Verdict]:
+    return [claim_bitfit_matches(tasks), claim_bitfit_low_data(tasks), claim_adapters_vary(tasks)]
+
+
+def caveats(records: Sequence[dict[str, Any]], tasks: dict[str, TaskResults]) -> list[str]:
+    """What limits the reading of these numbers, computed from the records rather than assumed."""
+    notes: list[str] = []
+    for task in tasks.values():
+        budget = task.main_fraction_budget()
+        capped = [g for g in task.axis(FRACTION_AXIS) if g.budget == budget and g.capped == g.n and g.n]
+        if capped and budget:
+            fractions = ", ".join(f"{f:.0%}" for f in sorted({g.fraction for g in capped}))
+            seen = {f"{g.fraction:.0%}": round(statistics.fmean(g.examples_seen)) for g in capped}
+            notes.append(
+                f"{_title(task.task)}: on the fraction axis every seed at {fractions} stopped at the {budget:g} s"
+                f" budget (mean examples seen: {', '.join(f'{k} {v:,}' for k, v in seen.items())}); for those"
+                " fractions the budget, not the amount of data, limited training: the fraction decides the pool the"
+                " examples come from."
+            )
+    dev_limits = {r["cell"].get("dev_limit") for r in records}
+    if dev_limits - {0, None}:
+        sizes = sorted({r["dev_examples"] for r in records})
+        notes.append(
+            f"Dev sets were limited to {', '.join(map(str, sorted(dev_limits - {0, None})))} examples per task (a"
+            f" stratified sample, the same for every cell; sizes used: {', '.join(map(str, sizes))}), so metrics"
+            " carry more sampling noise than on the whole dev split."
+        )
+    seeds = max((g.n for t in tasks.values() for g in t.groups.values()), default=0)
+    if seeds < 3:
+        notes.append(f"{seeds} seed(s) per setting: std estimates from so few runs are rough.")
+    epochs = {r["cell"].get("epochs") for r in records}
+    if epochs != {None}:
+        listed = ", ".join("method default" if e is None else str(e) for e in sorted(epochs, key=str))
+        notes.append(f"Epochs per cell: {listed} (the methods' defaults are 10, docs/training-defaults.md).")
+    return notes
+
+
+# ---- tables ----------------------------------------------------------------------------------------------------
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _human_bytes(size: int) -> str:
+    for unit, scale in (("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def task_tables(task: TaskResults) -> list[str]:
+    lines = [f"## {_title(task.task)} ({_metric(task.metric)}, dev ×100)", ""]
+    methods = task.methods()
+    fraction_groups = task.axis(FRACTION_AXIS)
+    for budget in sorted({g.budget for g in fraction_groups}, key=_budget_key):
+        fractions = sorted({g.fraction for g in fraction_groups if g.budget == budget})
+        lines += [f"Data fraction (time budget {format_budget(budget)}):", ""]
+        lines += _table(
+            ["method", *(f"{f:.0%}" for f in fractions)],
+            ([METHOD_TITLES.get(m, m), *(_cell(task.get(m, f, budget)) for f in fractions)] for m in methods),
+        )
+        lines += [
+            "Training actually done there (mean examples seen; seeds stopped by the time budget / seeds):",
+            "",
+        ]
+        lines += _table(
+            ["method", *(f"{f:.0%}" for f in fractions)],
+            ([METHOD_TITLES.get(m, m), *(_done(task.get(m, f, budget)) for f in fractions)] for m in methods),
+        )
+    budget_groups = task.axis(BUDGET_AXIS)
+    for fraction in sorted({g.fraction for g in budget_groups}):
+        budgets = sorted({g.budget for g in budget_groups if g.fraction == fraction}, key=_budget_key)
+        lines += [f"Time budget (data fraction {fraction:.0%}):", ""]
+        lines += _table(
+            ["method", *(format_budget(b) for b in budgets)],
+            ([METHOD_TITLES.get(m, m), *(_cell(task.get(m, fraction, b)) for b in budgets)] for m in methods),
+        )
+    cost_rows = []
+    for method in methods:
+        groups = [g for (m, _, _), g in task.groups.items() if m == method]
+        walls = [w for g in groups for w in g.wall_time_s]
+        cost_rows.append(
+            [
+                METHOD_TITLES.get(method, method),
+                f"{groups[0].trainable_parameters:,}",
+                _human_bytes(groups[0].patch_bytes),
+                f"{statistics.fmean(walls):.1f}",
+                str(len(walls)),
+            ]
+        )
+    lines += ["Cost:", ""]
+    lines += _table(["method", "trainable parameters", "patch file", "mean train time (s)", "cells"], cost_rows)
+    return lines
+
+
+def _cell(group: Group | None) -> str:
+    return group.cell() if group else "—"
+
+
+def _done(group: Group | None) -> str:
+    if not group:
+        return "—"
+    return f"{statistics.fmean(group.examples_seen):,.0f} ({group.capped}/{group.n} capped)"
+
+
+# ---- plots -----------------------------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _subplots(plt: Any, count: int) -> tuple[Any, list[Any]]:
+    figure, axes = plt.subplots(1, max(count, 1), figsize=(4.6 * max(count, 1), 3.8), squeeze=False)
+    return figure, list(axes[0])
+
+
+def plot_fraction(tasks: dict[str, TaskResults], path: Path) -> None:
+    plt = _pyplot()
+    figure, axes = _subplots(plt, len(tasks))
+    for ax, task in zip(axes, tasks.values(), strict=False):
+        budget = task.main_fraction_budget()
+        for method in task.methods():
+            groups = sorted(
+                (g for g in task.axis(FRACTION_AXIS) if g.method == method and g.budget == budget),
+                key=lambda g: g.fraction,
+            )
+            if groups:
+                ax.errorbar(
+                    [g.fraction * 100 for g in groups],
+                    [g.mean for g in groups],
+                    yerr=[0.0 if math.isnan(g.std) else g.std for g in groups],
+                    marker="o",
+                    capsize=4,
+                    label=METHOD_TITLES.get(method, method),
+                )
+        ax.set_title(f"{_title(task.task)} (budget {format_budget(budget or 0.0)})")
+        ax.set_xlabel("training data used (%)")
+        ax.set_ylabel(f"dev {_metric(task.metric)} ×100")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.suptitle("Metric vs data fraction (mean ± std over seeds)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_budget(tasks: dict[str, TaskResults], path: Path) -> None:
+    plt = _pyplot()
+    figure, axes = _subplots(plt, len(tasks))
+    for ax, task in zip(axes, tasks.values(), strict=False):
+        groups = task.axis(BUDGET_AXIS)
+        budgets = sorted({g.budget for g in groups}, key=_budget_key)
+        # Categorical x: "unlimited" has no position on a seconds axis, and budgets span orders of magnitude.
+        position = {b: i for i, b in enumerate(budgets)}
+        for offset, method in enumerate(task.methods()):
+            mine = sorted((g for g in groups if g.method == method), key=lambda g: _budget_key(g.budget))
+            if mine:
+                ax.errorbar(
+                    [position[g.budget] + (offset - 1) * 0.06 for g in mine],  # small dodge so bars don't overlap
+                    [g.mean for g in mine],
+                    yerr=[0.0 if math.isnan(g.std) else g.std for g in mine],
+                    marker="o",
+                    capsize=4,
+                    label=METHOD_TITLES.get(method, method),
+                )
+        ax.set_xticks(range(len(budgets)), [format_budget(b) for b in budgets])
+        ax.set_title(f"{_title(task.task)} (100% data)")
+        ax.set_xlabel("training time budget")
+        ax.set_ylabel(f"dev {_metric(task.metric)} ×100")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.suptitle("Metric vs time budget (mean ± std over seeds)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_spread(tasks: dict[str, TaskResults], path: Path) -> None:
+    import numpy as np
+
+    plt = _pyplot()
+    figure, axes = _subplots(plt, len(tasks))
+    jitter = np.random.default_rng(0)  # fixed: the same results give the same picture
+    for ax, task in zip(axes, tasks.values(), strict=False):
+        methods = task.methods()
+        deviations = []
+        for index, method in enumerate(methods):
+            values = [v - g.mean for g in task.groups.values() if g.method == method and g.n >= 2 for v in g.values]
+            deviations.append(values)
+            if values:
+                ax.scatter(index + jitter.uniform(-0.12, 0.12, len(values)), values, s=14, alpha=0.7)
+        if any(deviations):
+            ax.boxplot([d or [0.0] for d in deviations], positions=range(len(methods)), widths=0.5, showfliers=False)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xticks(range(len(methods)), [METHOD_TITLES.get(m, m) for m in methods])
+        ax.set_title(_title(task.task))
+        ax.set_ylabel(f"seed − cell mean ({_metric(task.metric)} ×100)")
+        ax.grid(alpha=0.3, axis="y")
+    figure.suptitle("Run-to-run spread: each seed's deviation from the mean of its setting")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# ---- the report ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Written:
+    markdown: Path
+    plots: list[Path]
+    verdicts: list[Verdict]
+    warnings: list[str]
+
+
+def _provenance(records: Sequence[dict[str, Any]], source: Path) -> list[str]:
+    def distinct(key: Callable[[dict[str, Any]], Any]) -> str:
+        return ", ".join(sorted({str(key(r)) for r in records}))
+
+    return [
+        f"- results: `{source}` ({len(records)} cells); profile: {distinct(lambda r: r.get('profile'))}",
+        f"- backbone: {distinct(lambda r: r['backbone']['id'])}",
+        f"- device: {distinct(lambda r: r['device'].get('name'))} ({distinct(lambda r: r['device'].get('type'))})",
+        f"- torch {distinct(lambda r: r['versions'].get('torch'))}, transformers"
+        f" {distinct(lambda r: r['versions'].get('transformers'))}, python"
+        f" {distinct(lambda r: r['versions'].get('python'))}; code {distinct(lambda r: r.get('git_commit'))}",
+        f"- generated {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+    ]
+
+
+def render(records: Sequence[dict[str, Any]], source: Path, plots: Sequence[str], warnings: Sequence[str]) -> str:
+    tasks = summarize(records)
+    found = verdicts(tasks)
+    lines = [
+        "# Study: BitFit and adapters vs full fine-tuning (re-checking arXiv 2401.04051)",
+        "",
+        "Our measurements, made with taskpatch's own trainer (`python -m experiments.study`). Every value is the"
+        " dev-set primary metric ×100 of the kept-best evaluation, as mean ± sample std over seeds.",
+        "",
+        *_provenance(records, source),
+        "",
+        "## Verdicts",
+        "",
+    ]
+    for verdict in found:
+        lines += verdict.markdown()
+    notes = caveats(records, tasks)
+    if notes or warnings:
+        lines += ["### Read with care", ""]
+        lines += [f"- {n}" for n in notes]
+        lines += [f"- results file: {w}" for w in warnings]
+        lines.append("")
+    for task in tasks.values():
+        lines += task_tables(task)
+    lines += ["## Plots", ""]
+    lines += [f"![{name}]({name})" for name in plots]
+    lines += ["", references.render_markdown()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: Path, out_dir: Path) -> Written:
+    """Write ``report.md`` and the plots for ``results`` into ``out_dir``."""
+    records, warnings = load_records(results)
+    if not records:
+        raise ValueError(f"{results} holds no finished cells")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = summarize(records)
+    plots = {"fraction.png": plot_fraction, "budget.png": plot_budget, "spread.png": plot_spread}
+    for name, plot in plots.items():
+        plot(tasks, out_dir / name)
+    markdown = out_dir / "report.md"
+    markdown.write_text(render(records, results, list(plots), warnings))
+    return Written(markdown, [out_dir / name for name in plots], verdicts(tasks), warnings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("results", type=Path, help="a results file written by experiments.study")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: results file minus .jsonl)")
+    args = parser.parse_args(argv)
+    if not args.results.is_file():
+        print(f"error: no results file at {args.results}", file=sys.stderr)
+        return 2
+    try:
+        written = write_report(args.results, args.out or args.results.with_suffix(""))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {written.markdown} and {', '.join(p.name for p in written.plots)}")
+    for warning in written.warnings:
+        print(f"warning: {warning}")
+    for verdict in written.verdicts:
+        print(verdict.headline())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
