@@ -42,6 +42,10 @@ class _TableBitFit:
         if slots is None:
             return output
         delta = slots.data.index_select(0, self.rows)  # [batch, out]
+        if torch.is_inference_mode_enabled():
+            # Serving: add in place. The output is a fresh tensor that nothing else holds, and skipping the
+            # allocation of a second activation-sized tensor per patch point is most of this hook's cost on CPU.
+            return output.add_(_broadcast_rows(delta, output))
         return output + _broadcast_rows(delta, output)
 
 
