@@ -40,6 +40,10 @@ unit: venv
 proto: venv
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/taskpatch.proto
 
+## Run every command in README.md and docs/*.md against a tiny server (also part of `make test`).
+docs-check: venv
+	$(BIN)/python scripts/check_docs.py
+
 bench-training: venv
 	$(BIN)/python -m bench.training
 

@@ -74,6 +74,12 @@ def publish(store: PatchStore, model: PatchedModel, name: str, patch: Patch) -> 
     store.publish(name, patch.tensors, meta)
 
 
+def sync() -> None:
+    """Wait for queued GPU work, so a timer measures the work and not its launch."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -140,6 +146,7 @@ class InProcess:
             batch = self.model.collate(features)
             output = self.raw.model(**batch)
             apply_head(pool(output, batch["attention_mask"], self.raw.pooling), patch.tensors)
+            sync()
         return BATCH / (time.perf_counter() - started)
 
     def engine_forward(self, round_index: int, task_names: list[str]) -> float:
@@ -157,10 +164,11 @@ class InProcess:
             for row, patch in enumerate(self.bitfit):  # 32 tasks, one row each
                 for name, base in self.naive_base.items():
                     delta = patch.tensors.get(name[: -len(".bias")] + ".bias_delta")
-                    params[name].copy_(base if delta is None else base + delta)
+                    params[name].copy_(base if delta is None else base + delta.to(base.device))
                 batch = self.model.collate([features[row]])
                 output = self.naive_model(**batch)
                 apply_head(pool(output, batch["attention_mask"], self.raw.pooling), patch.tensors)
+            sync()
         return BATCH / (time.perf_counter() - started)
 
     def close(self) -> None:
@@ -271,6 +279,7 @@ def raw_single_latency(bench: InProcess, n: int) -> list[float]:
             batch = bench.model.collate([bench.features[i % len(bench.features)]])
             output = bench.raw.model(**batch)
             apply_head(pool(output, batch["attention_mask"], bench.raw.pooling), bench.bitfit[0].tensors)
+            sync()
             latencies.append(time.perf_counter() - started)
     return latencies
 

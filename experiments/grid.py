@@ -92,9 +92,11 @@ class Profile:
 # The quick profile has to finish on the 2-core CPU machine in an hour with the embedded MiniLM. What it cuts, and
 # why: 1 epoch per cell with a 40 s cap (a full CoLA epoch alone takes ~330 s there); 400 dev examples per task
 # (evaluation runs at ~80 ex/s, so a whole STS-B dev split would cost 19 s per cell); 2 seeds instead of 3; no
-# 0.5 fraction; the budget axis is 15 s and 40 s (the 40 s cell is shared with the fraction axis). Estimate: ~45
-# min (see ``estimate_cell_s``). Under a 40 s cap the 0.3 and 1.0 fractions see about the same number of examples
-# on CPU, so there the fraction axis mostly measures the pool the examples are drawn from; the report says so.
+# 0.5 fraction; the budget axis is 15 s and 40 s (the 40 s cell is shared with the fraction axis). Estimate: ~37
+# min (~46 if every task cost MRPC's per example), and since every cell is capped, at most ~50 min however slowly
+# training runs (``bound_cell_s``). Under a 40 s cap the 0.3 and 1.0 fractions see about the same number of examples
+# on CPU, so there the fraction axis mostly measures the pool the examples are drawn from; and within 40 s MRPC and
+# CoLA barely leave the majority class (measured: F1 ~81, MCC 0). The report detects and says both.
 QUICK = Profile(
     name="quick",
     summary="3 tasks x 3 methods x fractions (0.1, 0.3, 1.0) at a 40 s cap + budgets (15 s, 40 s) at fraction 1.0;"
@@ -288,23 +290,40 @@ RATES: dict[str, Rates] = {
     ),
 }
 DEFAULT_TRAIN_RATE = 20.0  # a method the table does not know (a plug-in) on CPU
+# Mean characters per training example (text + pair) of MRPC's train split, where the CPU rates were measured. Cost
+# per example grows about linearly with length at these sizes: a CoLA example (41 characters) trains ~6x faster.
+REFERENCE_CHARS = 231.0
+
+
+def length_factor(mean_chars: float) -> float:
+    """Per-example cost relative to the examples the rates were measured on (clamped to 0.2..3)."""
+    return min(3.0, max(0.2, mean_chars / REFERENCE_CHARS))
+
+
+def _train_rate(method: str, device_type: str) -> float:
+    return RATES[device_type].train.get(method, DEFAULT_TRAIN_RATE if device_type == "cpu" else 1000.0)
 
 
 def estimate_cell_s(
-    cell: Cell, n_train: int, n_dev: int, default_epochs: int, device_type: str, evals_per_epoch: int = 1
+    cell: Cell,
+    n_train: int,
+    n_dev: int,
+    default_epochs: int,
+    device_type: str,
+    length: float = 1.0,
+    evals_per_epoch: int = 1,
 ) -> float:
     """Seconds one cell should take: tokenizing, training (capped by the budget), evaluations, overheads.
 
     ``n_train`` and ``n_dev`` are the split sizes after the data limits; ``default_epochs`` is the method's
-    default, used when the cell leaves epochs unset.
+    default, used when the cell leaves epochs unset; ``length`` is the task's :func:`length_factor`.
     """
     rates = RATES[device_type]
-    train_rate = rates.train.get(cell.method, DEFAULT_TRAIN_RATE if device_type == "cpu" else 1000.0)
     examples = max(1, round(n_train * cell.data_fraction))
     epochs = cell.epochs or default_epochs
-    epoch_s = examples / train_rate
+    epoch_s = examples * length / _train_rate(cell.method, device_type)
     planned_s = epochs * epoch_s
-    eval_s = n_dev / rates.eval
+    eval_s = n_dev * length / rates.eval
     if cell.time_budget_s and planned_s > cell.time_budget_s:
         train_s = cell.time_budget_s
         evaluations = math.floor(cell.time_budget_s / epoch_s) * evals_per_epoch + 1  # + the one at the stop
@@ -316,11 +335,32 @@ def estimate_cell_s(
     return tokenize_s + train_s + evaluations * eval_s + write_s + rates.cell_overhead_s
 
 
+def bound_cell_s(cell: Cell, n_dev: int, batch_size: int, device_type: str, length: float = 1.0) -> float | None:
+    """Most seconds a capped cell can take however slowly it trains (None when its budget is unlimited).
+
+    The trainer checks the budget after every step and evaluates once when it stops, so a cell ends within its
+    budget + one step + one evaluation (+ writing the patch): a bound that holds even on a loaded machine, as long
+    as evaluation runs at the assumed rate.
+    """
+    if not cell.time_budget_s:
+        return None
+    rates = RATES[device_type]
+    step_s = batch_size * length / _train_rate(cell.method, device_type)
+    write_s = rates.full_patch_write_s if cell.method == "full" else 0.1
+    return cell.time_budget_s + step_s + n_dev * length / rates.eval + write_s + rates.cell_overhead_s
+
+
 def estimate_total_s(
     cells: Iterable[Cell],
     split_sizes: Mapping[str, tuple[int, int]],
     default_epochs: Mapping[str, int],
     device_type: str,
+    lengths: Mapping[str, float] | None = None,
 ) -> float:
-    """Sum of :func:`estimate_cell_s`; ``split_sizes`` maps task -> (train, dev) sizes after the limits."""
-    return sum(estimate_cell_s(c, *split_sizes[c.task], default_epochs[c.method], device_type) for c in cells)
+    """Sum of :func:`estimate_cell_s`; ``split_sizes`` maps task -> (train, dev) sizes after the limits, and
+    ``lengths`` task -> :func:`length_factor` (1.0, MRPC's cost, when not given: errs high)."""
+    lengths = lengths or {}
+    return sum(
+        estimate_cell_s(c, *split_sizes[c.task], default_epochs[c.method], device_type, lengths.get(c.task, 1.0))
+        for c in cells
+    )

@@ -30,9 +30,11 @@ MATCH_TOLERANCE = 1.0  # "matches": BitFit at most 1 point below full fine-tunin
 STABLE_DROP = 2.0  # "stable with 30% of the data": at most 2 points below its own 100%-data score ...
 STABLE_STD = 2.0  # ... with a seed-to-seed std of at most 2 points
 GAIN = 1.0  # an adapter "gains" over full fine-tuning when more than 1 point above, "loses" when 1 point below
+BASELINE_MARGIN = 1.0  # a setting whose mean is within 1 point of the constant-prediction baseline learned nothing
 
 METHOD_ORDER = ("full", "bitfit", "adapter")
 METHOD_TITLES = {"full": "full fine-tuning", "bitfit": "BitFit", "adapter": "adapters"}
+METHOD_COLORS = {"full": "C0", "bitfit": "C1", "adapter": "C2"}  # the same colour for a method in every plot
 METRIC_TITLES = {"f1": "F1", "accuracy": "accuracy", "matthews": "Matthews corr.", "spearman": "Spearman",
                  "pearson": "Pearson"}  # fmt: skip
 SUPPORTED, PARTLY, NOT_SUPPORTED, NOT_EVALUABLE = (
@@ -111,6 +113,11 @@ class TaskResults:
     task: str
     metric: str
     groups: dict[tuple[str, float, float], Group]  # (method, fraction, budget) -> group
+    baseline: float | None = None  # dev metric x100 of predicting the majority class (regression: the mean)
+
+    def learned(self, group: Group) -> bool:
+        """False when the setting's mean is within BASELINE_MARGIN of the constant-prediction baseline."""
+        return self.baseline is None or group.mean > self.baseline + BASELINE_MARGIN
 
     def methods(self) -> list[str]:
         return _ordered_methods({m for m, _, _ in self.groups})
@@ -140,6 +147,8 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, TaskResults]:
     for record in records:
         cell = record["cell"]
         task = tasks.setdefault(cell["task"], TaskResults(cell["task"], record["primary_metric"], {}))
+        if task.baseline is None and "baseline_metrics" in record:
+            task.baseline = 100.0 * float(record["baseline_metrics"][record["primary_metric"]])
         key = (cell["method"], float(cell["data_fraction"]), float(cell["time_budget_s"]))
         group = task.groups.setdefault(key, Group(cell["task"], *key))
         group.axes.update(record.get("axes") or [])
@@ -218,10 +227,15 @@ def claim_bitfit_matches(tasks: dict[str, TaskResults]) -> Verdict:
     passed = total = 0
     for task in tasks.values():
         deltas: list[tuple[tuple[float, float], float, Group, Group]] = []
+        idle = 0
         for fraction, budget in task.settings():
             bitfit, full = task.get("bitfit", fraction, budget), task.get("full", fraction, budget)
-            if bitfit and full:
+            if bitfit and full and (task.learned(bitfit) or task.learned(full)):
                 deltas.append(((fraction, budget), bitfit.mean - full.mean, bitfit, full))
+            elif bitfit and full:
+                idle += 1
+        if idle:
+            details.append(f"{_title(task.task)}: {_idle(idle, task)}")
         if not deltas:
             continue
         ok = sum(d >= -MATCH_TOLERANCE for _, d, _, _ in deltas)
@@ -236,7 +250,7 @@ def claim_bitfit_matches(tasks: dict[str, TaskResults]) -> Verdict:
             f" {ok} of {len(deltas)} settings (BitFit − full from {_signed(low)} to {_signed(high)})."
         )
     if not total:
-        details.append("needs both BitFit and full fine-tuning cells.")
+        details.append("needs BitFit and full fine-tuning cells in a setting where at least one of them learned.")
     return Verdict(1, "BitFit matches full fine-tuning", _status(passed, total), rule, details)
 
 
@@ -256,7 +270,9 @@ def claim_bitfit_low_data(tasks: dict[str, TaskResults]) -> Verdict:
         fractions = sorted({g.fraction for g in task.axis(FRACTION_AXIS) if g.budget == budget})
         low_data, all_data = task.get("bitfit", 0.3, budget), task.get("bitfit", 1.0, budget)
         name = f"{_title(task.task)} ({_metric(task.metric)}, budget {format_budget(budget)})"
-        if low_data and all_data:
+        if low_data and all_data and not task.learned(all_data):
+            details.append(f"{name}: (a) left out: BitFit at 100% is at the constant-prediction baseline.")
+        elif low_data and all_data:
             drop, std = all_data.mean - low_data.mean, low_data.std
             stable = drop <= STABLE_DROP and (math.isnan(std) or std <= STABLE_STD)
             checks.append(stable)
@@ -271,7 +287,9 @@ def claim_bitfit_low_data(tasks: dict[str, TaskResults]) -> Verdict:
         parts = []
         for fraction in intermediate:
             bitfit, full = task.get("bitfit", fraction, budget), task.get("full", fraction, budget)
-            if bitfit and full:
+            if bitfit and full and not (task.learned(bitfit) or task.learned(full)):
+                parts.append(f"{fraction:.0%}: left out, both at the constant-prediction baseline")
+            elif bitfit and full:
                 delta = bitfit.mean - full.mean
                 checks.append(delta > 0)
                 parts.append(f"{fraction:.0%}: {_signed(delta)} ({bitfit.cell()} vs {full.cell()})")
@@ -307,7 +325,10 @@ def claim_adapters_vary(tasks: dict[str, TaskResults]) -> Verdict:
         methods = task.methods()
         if "adapter" not in methods:
             continue
-        stds = {m: _pooled_std(g for (method, _, _), g in task.groups.items() if method == m) for m in methods}
+        stds = {
+            m: _pooled_std(g for (method, _, _), g in task.groups.items() if method == m and task.learned(g))
+            for m in methods
+        }
         name = f"{_title(task.task)} ({_metric(task.metric)})"
         if not math.isnan(stds["adapter"]) and len([s for s in stds.values() if not math.isnan(s)]) > 1:
             evaluable_tasks += 1
@@ -317,12 +338,15 @@ def claim_adapters_vary(tasks: dict[str, TaskResults]) -> Verdict:
             details.append(f"{name}: (a) pooled seed std: {listed} → adapters {'most' if most else 'not most'}"
                            " variable.")  # fmt: skip
         else:
-            details.append(f"{name}: (a) needs at least 2 seeds per setting and another method to compare.")
+            details.append(
+                f"{name}: (a) needs 2+ seeds in settings above the constant-prediction baseline, for adapters and"
+                " another method."
+            )
         kinds: dict[str, int] = {"gain": 0, "tie": 0, "loss": 0}
         deltas = []
         for fraction, budget in task.settings():
             adapter, full = task.get("adapter", fraction, budget), task.get("full", fraction, budget)
-            if adapter and full:
+            if adapter and full and (task.learned(adapter) or task.learned(full)):
                 delta = adapter.mean - full.mean
                 deltas.append(delta)
                 kinds["gain" if delta > GAIN else "loss" if delta < -GAIN else "tie"] += 1
@@ -349,6 +373,13 @@ def claim_adapters_vary(tasks: dict[str, TaskResults]) -> Verdict:
     return Verdict(3, "adapters vary a lot across runs, with inconsistent gains", status, rule, details)
 
 
+def _idle(count: int, task: TaskResults) -> str:
+    return (
+        f"{count} setting(s) left out: both methods within {BASELINE_MARGIN:g} point of the constant-prediction"
+        f" baseline ({_metric(task.metric)} {task.baseline:.1f}), i.e. neither learned anything in its budget."
+    )
+
+
 def verdicts(tasks: dict[str, TaskResults]) -> list[Verdict]:
     return [claim_bitfit_matches(tasks), claim_bitfit_low_data(tasks), claim_adapters_vary(tasks)]
 
@@ -357,6 +388,14 @@ def caveats(records: Sequence[dict[str, Any]], tasks: dict[str, TaskResults]) ->
     """What limits the reading of these numbers, computed from the records rather than assumed."""
     notes: list[str] = []
     for task in tasks.values():
+        idle = [g for g in task.groups.values() if not task.learned(g)]
+        if idle:
+            notes.append(
+                f"{_title(task.task)}: {len(idle)} of {len(task.groups)} settings are within {BASELINE_MARGIN:g} point"
+                f" of the constant-prediction baseline ({_metric(task.metric)} {task.baseline:.1f}, marked ° in the"
+                " tables): they learned nothing usable within their budget, and the verdicts leave comparisons"
+                " between such settings out."
+            )
         budget = task.main_fraction_budget()
         capped = [g for g in task.axis(FRACTION_AXIS) if g.budget == budget and g.capped == g.n and g.n]
         if capped and budget:
@@ -404,6 +443,13 @@ def _human_bytes(size: int) -> str:
 
 def task_tables(task: TaskResults) -> list[str]:
     lines = [f"## {_title(task.task)} ({_metric(task.metric)}, dev ×100)", ""]
+    if task.baseline is not None:
+        kind = "the majority class" if task.metric not in ("spearman", "pearson") else "the mean score"
+        lines += [
+            f"Constant-prediction baseline (always {kind}): {task.baseline:.1f}; ° marks a mean within"
+            f" {BASELINE_MARGIN:g} point of it.",
+            "",
+        ]
     methods = task.methods()
     fraction_groups = task.axis(FRACTION_AXIS)
     for budget in sorted({g.budget for g in fraction_groups}, key=_budget_key):
@@ -411,7 +457,7 @@ def task_tables(task: TaskResults) -> list[str]:
         lines += [f"Data fraction (time budget {format_budget(budget)}):", ""]
         lines += _table(
             ["method", *(f"{f:.0%}" for f in fractions)],
-            ([METHOD_TITLES.get(m, m), *(_cell(task.get(m, f, budget)) for f in fractions)] for m in methods),
+            ([METHOD_TITLES.get(m, m), *(_cell(task, task.get(m, f, budget)) for f in fractions)] for m in methods),
         )
         lines += [
             "Training actually done there (mean examples seen; seeds stopped by the time budget / seeds):",
@@ -427,7 +473,7 @@ def task_tables(task: TaskResults) -> list[str]:
         lines += [f"Time budget (data fraction {fraction:.0%}):", ""]
         lines += _table(
             ["method", *(format_budget(b) for b in budgets)],
-            ([METHOD_TITLES.get(m, m), *(_cell(task.get(m, fraction, b)) for b in budgets)] for m in methods),
+            ([METHOD_TITLES.get(m, m), *(_cell(task, task.get(m, fraction, b)) for b in budgets)] for m in methods),
         )
     cost_rows = []
     for method in methods:
@@ -447,8 +493,10 @@ def task_tables(task: TaskResults) -> list[str]:
     return lines
 
 
-def _cell(group: Group | None) -> str:
-    return group.cell() if group else "—"
+def _cell(task: TaskResults, group: Group | None) -> str:
+    if not group:
+        return "—"
+    return group.cell() + ("" if task.learned(group) else " °")
 
 
 def _done(group: Group | None) -> str:
@@ -458,6 +506,11 @@ def _done(group: Group | None) -> str:
 
 
 # ---- plots -----------------------------------------------------------------------------------------------------
+
+
+def _color(method: str) -> str:
+    known = METHOD_COLORS.get(method)
+    return known or f"C{3 + sum(map(ord, method)) % 7}"  # plug-in methods: stable, distinct from the three
 
 
 def _pyplot() -> Any:
@@ -491,6 +544,7 @@ def plot_fraction(tasks: dict[str, TaskResults], path: Path) -> None:
                     yerr=[0.0 if math.isnan(g.std) else g.std for g in groups],
                     marker="o",
                     capsize=4,
+                    color=_color(method),
                     label=METHOD_TITLES.get(method, method),
                 )
         ax.set_title(f"{_title(task.task)} (budget {format_budget(budget or 0.0)})")
@@ -521,6 +575,7 @@ def plot_budget(tasks: dict[str, TaskResults], path: Path) -> None:
                     yerr=[0.0 if math.isnan(g.std) else g.std for g in mine],
                     marker="o",
                     capsize=4,
+                    color=_color(method),
                     label=METHOD_TITLES.get(method, method),
                 )
         ax.set_xticks(range(len(budgets)), [format_budget(b) for b in budgets])
@@ -548,7 +603,8 @@ def plot_spread(tasks: dict[str, TaskResults], path: Path) -> None:
             values = [v - g.mean for g in task.groups.values() if g.method == method and g.n >= 2 for v in g.values]
             deviations.append(values)
             if values:
-                ax.scatter(index + jitter.uniform(-0.12, 0.12, len(values)), values, s=14, alpha=0.7)
+                x = index + jitter.uniform(-0.12, 0.12, len(values))
+                ax.scatter(x, values, s=14, alpha=0.7, color=_color(method))
         if any(deviations):
             ax.boxplot([d or [0.0] for d in deviations], positions=range(len(methods)), widths=0.5, showfliers=False)
         ax.axhline(0.0, color="grey", linewidth=0.8)
@@ -618,11 +674,26 @@ def render(records: Sequence[dict[str, Any]], source: Path, plots: Sequence[str]
     return "\n".join(lines) + "\n"
 
 
+def mixed_settings(records: Sequence[dict[str, Any]]) -> list[str]:
+    """A warning when the file pools cells run with different backbones, epochs or data limits.
+
+    The tables group by task, method, fraction and budget only; the default results file is one per profile, so
+    mixing only happens when several overrides write to one file, and then it must not go unnoticed.
+    """
+    fields = ("backbone", "epochs", "dev_limit", "train_limit")
+    kinds = sorted({tuple(str(r["cell"].get(f)) for f in fields) for r in records})
+    if len(kinds) < 2:
+        return []
+    listed = "; ".join(", ".join(f"{f}={v}" for f, v in zip(fields, kind, strict=True)) for kind in kinds)
+    return [f"the file mixes {len(kinds)} settings ({listed}): the tables pool them"]
+
+
 def write_report(results: Path, out_dir: Path) -> Written:
     """Write ``report.md`` and the plots for ``results`` into ``out_dir``."""
     records, warnings = load_records(results)
     if not records:
         raise ValueError(f"{results} holds no finished cells")
+    warnings += mixed_settings(records)
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = summarize(records)
     plots = {"fraction.png": plot_fraction, "budget.png": plot_budget, "spread.png": plot_spread}

@@ -37,8 +37,10 @@ from experiments.grid import (
     RATES,
     Cell,
     GridSpec,
+    bound_cell_s,
     build_grid,
     estimate_cell_s,
+    length_factor,
     resolve_spec,
 )
 
@@ -215,8 +217,16 @@ def device_info(device: torch.device) -> dict[str, Any]:
 
     if device.type == "cuda":
         return {"type": "cuda", "name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda}
-    name = platform.processor() or platform.machine() or "cpu"
-    return {"type": "cpu", "name": name, "threads": torch.get_num_threads(), "cores": os.cpu_count()}
+    return {"type": "cpu", "name": cpu_name(), "threads": torch.get_num_threads(), "cores": os.cpu_count()}
+
+
+def cpu_name() -> str:
+    """The CPU model (Linux: /proc/cpuinfo), so results from different machines can be told apart."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine() or "cpu"
 
 
 # ---- data ------------------------------------------------------------------------------------------------------
@@ -240,6 +250,32 @@ def load_task(name: str, data_dir: str | None, glue_dir_env: str | None, train_l
     if dev_limit and dev_limit < len(dev):
         dev = subsample(dev, dev_limit / len(dev), seed=0)
     return TaskData(data.name, data.problem_type, data.labels, data.metrics, train, dev)
+
+
+def mean_chars(data: TaskData) -> float:
+    """Mean characters per training example (text + pair): the estimate scales per-example cost with it."""
+    train = data.train or data.dev
+    return sum(len(e.text) + len(e.text_pair or "") for e in train) / max(1, len(train))
+
+
+def constant_baseline(data: TaskData) -> dict[str, float]:
+    """Dev metrics of always predicting the train split's majority class (regression: its mean score).
+
+    A cell at this level learned nothing usable within its budget. The report marks such cells and leaves
+    comparisons between them out of the verdicts: "BitFit matches full fine-tuning" says nothing when both predict
+    one class.
+    """
+    from tasks.metrics import compute_metrics
+
+    if data.problem_type == "classification":
+        index = {name: i for i, name in enumerate(data.labels)}
+        counts = [0] * len(data.labels)
+        for example in data.train:
+            counts[index[str(example.label)]] += 1
+        majority = counts.index(max(counts))
+        return compute_metrics(data.metrics, [majority] * len(data.dev), [index[str(e.label)] for e in data.dev])
+    mean = sum(float(e.label) for e in data.train) / max(1, len(data.train))
+    return compute_metrics(data.metrics, [mean] * len(data.dev), [float(e.label) for e in data.dev])
 
 
 # ---- one cell --------------------------------------------------------------------------------------------------
@@ -309,6 +345,7 @@ def run_cell(
         "examples_seen": result.examples_seen,
         "train_examples": result.train_examples,
         "dev_examples": len(data.dev),
+        "baseline_metrics": constant_baseline(data),
         "wall_time_s": round(result.wall_time_s, 3),
         "cell_time_s": round(time.monotonic() - started, 3),
         "trainable_parameters": result.trainable_parameters,
@@ -481,20 +518,34 @@ def _run_pending(
         task: load_task(task, args.data_dir, glue_dir_env, spec.train_limit, spec.dev_limit)
         for task in dict.fromkeys(c.task for c in pending)
     }
-    default_epochs = {m: get_method(m).defaults.epochs for m in spec.methods}
+    defaults = {m: get_method(m).defaults for m in spec.methods}
+    lengths = {task: length_factor(mean_chars(d)) for task, d in data.items()}
     estimates = {
         c.cell_id: estimate_cell_s(
-            c, len(data[c.task].train), len(data[c.task].dev), default_epochs[c.method], spec.device_type
+            c,
+            len(data[c.task].train),
+            len(data[c.task].dev),
+            defaults[c.method].epochs,
+            spec.device_type,
+            lengths[c.task],
         )
         for c in pending
     }
-    total_estimate = sum(estimates.values())
+    bounds = [
+        bound_cell_s(c, len(data[c.task].dev), defaults[c.method].batch_size, spec.device_type, lengths[c.task])
+        for c in pending
+    ]
     rates = RATES[spec.device_type]
     console.print(
-        f"estimate: {total_estimate / 60:.0f} min on {spec.device_type} for the pending cells"
-        f" (rates {rates.source}: train {', '.join(f'{m} {r:g}' for m, r in rates.train.items())} ex/s,"
-        f" eval {rates.eval:g} ex/s; other backbones run at other speeds)"
+        f"estimate: {sum(estimates.values()) / 60:.0f} min on {spec.device_type} for the pending cells (rates"
+        f" {rates.source}: train {', '.join(f'{m} {r:g}' for m, r in rates.train.items())} ex/s, eval"
+        f" {rates.eval:g} ex/s; other backbones run at other speeds)"
     )
+    if all(b is not None for b in bounds):
+        console.print(
+            f"every pending cell has a time cap: at most {sum(b or 0.0 for b in bounds) / 60:.0f} min however slowly"
+            " training runs (caps + one step + one evaluation per cell, evaluation at the rate above)"
+        )
 
     from server.backbone import load_backbone
     from server.model import PatchedModel

@@ -64,8 +64,8 @@ def init_head(hidden_size: int, spec: HeadSpec, generator: torch.Generator) -> d
 
 def apply_head(pooled: torch.Tensor, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """[batch, hidden] -> [batch, outputs]"""
-    weight = tensors[HEAD_WEIGHT].to(pooled.dtype)
-    return torch.nn.functional.linear(pooled, weight, tensors[HEAD_BIAS].to(pooled.dtype))
+    weight = tensors[HEAD_WEIGHT].to(pooled.device, pooled.dtype)
+    return torch.nn.functional.linear(pooled, weight, tensors[HEAD_BIAS].to(pooled.device, pooled.dtype))
 
 
 class HeadTable:
