@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 GLUE_DIR ?= $(abspath ../shared/data/glue)
 export GLUE_DIR
 
-.PHONY: venv demo test lint typecheck unit proto check-proto bench-training bench-serving bench-quality docs-check clean
+.PHONY: venv demo test lint typecheck unit proto bench-training bench-serving bench-quality docs-check study study-report clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,14 @@ bench-serving: venv
 
 bench-quality: venv
 	$(BIN)/python -m bench.quality
+
+## The BitFit/adapters vs full fine-tuning study (experiments/README.md): PROFILE=quick (2 CPU cores) or full (GPU).
+PROFILE ?= quick
+study: venv
+	$(BIN)/python -m experiments.study --profile $(PROFILE)
+
+study-report: venv
+	$(BIN)/python -m experiments.report results/study-$(PROFILE).jsonl --out docs/study
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

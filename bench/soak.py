@@ -177,12 +177,12 @@ def connect(addr: str, timeout_s: float) -> Any:
     import grpc
 
     from client import TaskPatchClient
-    from client.api import _CHANNEL_OPTIONS
     from protos import taskpatch_pb2_grpc as pb_grpc
 
     client = TaskPatchClient(addr, timeout_s=timeout_s)
+    # TaskPatchClient takes no channel options: swap in a channel of our own (the client's API is unchanged).
     client._channel.close()
-    client._channel = grpc.insecure_channel(addr, options=[*_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)])
+    client._channel = grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
     client._stub = pb_grpc.TaskPatchStub(client._channel)
     return client
 
@@ -266,7 +266,7 @@ def churn_client(addr: str, name: str, stop: threading.Event, tally: Tally, seed
             stop.wait(rng.uniform(0.05, 0.3))
 
 
-# ---- the run ---------------------------------------------------------------------------------------------------------
+# ---- the run -------------------------------------------------------------------------------------------------------
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -84,6 +84,7 @@ class Group:
     axes: set[str] = field(default_factory=set)
     values: list[float] = field(default_factory=list)  # primary metric x100, one per seed
     examples_seen: list[int] = field(default_factory=list)
+    train_examples: list[int] = field(default_factory=list)  # the training pool: the split after the fraction
     capped: int = 0  # cells stopped by the time budget
     wall_time_s: list[float] = field(default_factory=list)
     trainable_parameters: int = 0
@@ -154,6 +155,7 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, TaskResults]:
         group.axes.update(record.get("axes") or [])
         group.values.append(100.0 * float(record["metrics"][record["primary_metric"]]))
         group.examples_seen.append(int(record["examples_seen"]))
+        group.train_examples.append(int(record.get("train_examples", 0)))
         group.capped += record.get("stop_reason") == "time_budget"
         group.wall_time_s.append(float(record["wall_time_s"]))
         group.trainable_parameters = int(record["trainable_parameters"])
@@ -278,8 +280,8 @@ def claim_bitfit_low_data(tasks: dict[str, TaskResults]) -> Verdict:
             checks.append(stable)
             spread = "std unknown with one seed" if math.isnan(std) else f"std {std:.1f}"
             details.append(
-                f"{name}: (a) BitFit at 30% {low_data.mean:.1f} vs 100% {all_data.mean:.1f} (drop"
-                f" {drop:.1f}), {spread} → {'stable' if stable else 'not stable'} by the rule."
+                f"{name}: (a) BitFit at 30% {low_data.cell()} vs 100% {all_data.cell()} (30% − 100%:"
+                f" {_signed(-drop)}), {spread} → {'stable' if stable else 'not stable'} by the rule."
             )
         else:
             details.append(f"{name}: (a) needs BitFit at fractions 0.3 and 1.0 on the fraction axis.")
@@ -397,15 +399,28 @@ def caveats(records: Sequence[dict[str, Any]], tasks: dict[str, TaskResults]) ->
                 " between such settings out."
             )
         budget = task.main_fraction_budget()
-        capped = [g for g in task.axis(FRACTION_AXIS) if g.budget == budget and g.capped == g.n and g.n]
-        if capped and budget:
-            fractions = ", ".join(f"{f:.0%}" for f in sorted({g.fraction for g in capped}))
-            seen = {f"{g.fraction:.0%}": round(statistics.fmean(g.examples_seen)) for g in capped}
+        on_axis = [g for g in task.axis(FRACTION_AXIS) if g.budget == budget]
+        total, capped = sum(g.n for g in on_axis), sum(g.capped for g in on_axis)
+        if budget and capped:
+            by_fraction: dict[float, list[Group]] = {}
+            for g in on_axis:
+                by_fraction.setdefault(g.fraction, []).append(g)
+            full = [f for f, gs in sorted(by_fraction.items()) if all(g.capped == g.n for g in gs)]
+            parts = []
+            for fraction in full:
+                seen = statistics.fmean(x for g in by_fraction[fraction] for x in g.examples_seen)
+                pool = statistics.fmean(x for g in by_fraction[fraction] for x in g.train_examples)
+                parts.append(f"{fraction:.0%}: {seen:,.0f} of {pool:,.0f}")
+            where = (
+                f"; at {', '.join(f'{f:.0%}' for f in full)} every cell did (mean examples seen of the pool:"
+                f" {'; '.join(parts)}), so there the budget, not the amount of data, limited training: the"
+                " fraction only decides the pool the examples come from"
+                if full
+                else ""
+            )
             notes.append(
-                f"{_title(task.task)}: on the fraction axis every seed at {fractions} stopped at the {budget:g} s"
-                f" budget (mean examples seen: {', '.join(f'{k} {v:,}' for k, v in seen.items())}); for those"
-                " fractions the budget, not the amount of data, limited training: the fraction decides the pool the"
-                " examples come from."
+                f"{_title(task.task)}: {capped} of {total} cells on the fraction axis stopped at the {budget:g} s"
+                f" budget{where}."
             )
     dev_limits = {r["cell"].get("dev_limit") for r in records}
     if dev_limits - {0, None}:
@@ -527,6 +542,11 @@ def _subplots(plt: Any, count: int) -> tuple[Any, list[Any]]:
     return figure, list(axes[0])
 
 
+def _baseline_line(ax: Any, task: TaskResults) -> None:
+    if task.baseline is not None:
+        ax.axhline(task.baseline, color="grey", linestyle="--", linewidth=1, label="constant prediction")
+
+
 def plot_fraction(tasks: dict[str, TaskResults], path: Path) -> None:
     plt = _pyplot()
     figure, axes = _subplots(plt, len(tasks))
@@ -547,6 +567,7 @@ def plot_fraction(tasks: dict[str, TaskResults], path: Path) -> None:
                     color=_color(method),
                     label=METHOD_TITLES.get(method, method),
                 )
+        _baseline_line(ax, task)
         ax.set_title(f"{_title(task.task)} (budget {format_budget(budget or 0.0)})")
         ax.set_xlabel("training data used (%)")
         ax.set_ylabel(f"dev {_metric(task.metric)} ×100")
@@ -578,6 +599,7 @@ def plot_budget(tasks: dict[str, TaskResults], path: Path) -> None:
                     color=_color(method),
                     label=METHOD_TITLES.get(method, method),
                 )
+        _baseline_line(ax, task)
         ax.set_xticks(range(len(budgets)), [format_budget(b) for b in budgets])
         ax.set_title(f"{_title(task.task)} (100% data)")
         ax.set_xlabel("training time budget")

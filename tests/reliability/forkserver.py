@@ -8,13 +8,17 @@ its own pid: the harness sends it SIGKILL/SIGTERM directly, like any server. Not
 before forking (no threads, no gRPC channel or server, no torch op), which is what makes forking safe.
 
 Protocol (one JSON object per line on stdin, one reply per line on stdout):
-``{"op": "spawn", "argv": [...], "log": PATH, "cwd": DIR, "env": {...}}`` -> ``{"pid": N}``;
+``{"op": "spawn", "argv": [...], "log": PATH, "cwd": DIR, "env": {...}}`` (env: added to the child's) ->
+``{"pid": N}``;
 ``{"op": "reap", "pid": N, "timeout_s": T}`` -> ``{"status": exit status or null if still running}``;
-``{"op": "exit"}`` -> ``{"bye": true}``; the fork server kills (SIGKILL) and reaps every child still running, then exits.
+``{"op": "exit"}`` -> ``{"bye": true}``; the fork server kills (SIGKILL) and reaps every child still running,
+then exits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 import signal
@@ -44,10 +48,8 @@ def _spawn(argv: list[str], log: str, cwd: str, env: dict[str, str]) -> int:
 
         code = main(argv)
     except BaseException as exc:  # report, then leave through _exit: the fork server's state must not run on
-        try:
+        with contextlib.suppress(OSError):
             os.write(2, f"fork server child failed: {exc!r}\n".encode())
-        except OSError:
-            pass
     finally:
         try:
             sys.stdout.flush()
@@ -73,8 +75,8 @@ def _reap(pid: int, timeout_s: float) -> int | None:
 
 def main() -> int:
     # The heavy imports, once. Nothing here may start a thread: the children are forked from this process.
-    import server.__main__  # noqa: F401
-    import server.app  # noqa: F401
+    for module in ("server.__main__", "server.app"):
+        importlib.import_module(module)
 
     children: set[int] = set()
     print(json.dumps({"ready": os.getpid()}), flush=True)
@@ -99,10 +101,8 @@ def main() -> int:
             print(json.dumps(reply), flush=True)
     finally:
         for pid in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             _reap(pid, 10.0)
     return 0
 

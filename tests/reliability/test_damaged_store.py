@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -207,10 +206,10 @@ def test_other_rpcs_on_damaged_tasks_are_not_internal(damaged: Damaged, tmp_path
     for damage in DAMAGES:
         name = damage.name
         codes = {
-            "get": client_code(lambda: client.get_task(name)),
-            "pin": client_code(lambda: client.pin_task(name)),
-            "export": client_code(lambda: client.export_task(name, tmp_path / "out.safetensors")),
-            "rollback-to-missing": client_code(lambda: client.rollback_task(name, 99)),
+            "get": client_code(lambda name=name: client.get_task(name)),
+            "pin": client_code(lambda name=name: client.pin_task(name)),
+            "export": client_code(lambda name=name: client.export_task(name, tmp_path / "out.safetensors")),
+            "rollback-to-missing": client_code(lambda name=name: client.rollback_task(name, 99)),
         }
         assert codes["get"] == "OK", (name, codes)
         allowed = {"DATA_LOSS", "FAILED_PRECONDITION", "NOT_FOUND"}
@@ -290,7 +289,6 @@ def test_repair_by_rollback_and_by_publish(damaged: Damaged, tmp_path: Path) -> 
     # the damaged files are still there for inspection
     assert (damaged.store / "tasks" / "truncated" / version_filename(2)).is_file()
     assert (damaged.store / "tasks" / "other-backbone" / version_filename(2)).is_file()
-    tensors, meta = read_patch_file(damaged.store / "tasks" / "other-backbone" / version_filename(3))
+    _, meta = read_patch_file(damaged.store / "tasks" / "other-backbone" / version_filename(3))
     assert meta.content_sha256 == client.get_task(HEALTHY[0]).content_sha256
     assert dataclasses.asdict(meta)["backbone_fingerprint"] == client.get_task(HEALTHY[0]).backbone_fingerprint
-    shutil.rmtree(tmp_path, ignore_errors=True)

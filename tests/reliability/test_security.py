@@ -164,9 +164,9 @@ def _check_guarded(proc: ServerProcess, tmp_path: Path, *, auth_all: bool) -> No
         stub = pb_grpc.TaskPatchStub(channel)
         mutating, reading = _mutating_calls(stub, patch), _reading_calls(stub)
         for metadata in (NO_TOKEN, BAD, NOT_BEARER):
-            refused = {rpc: code_of(lambda call=call: call(metadata)) for rpc, call in mutating.items()}
+            refused = {rpc: code_of(lambda call=call, md=metadata: call(md)) for rpc, call in mutating.items()}
             assert refused == dict.fromkeys(mutating, "UNAUTHENTICATED"), (metadata, refused)
-            reads = {rpc: code_of(lambda call=call: call(metadata)) for rpc, call in reading.items()}
+            reads = {rpc: code_of(lambda call=call, md=metadata: call(md)) for rpc, call in reading.items()}
             if auth_all:
                 assert reads == dict.fromkeys(reading, "UNAUTHENTICATED"), reads
             else:
@@ -191,21 +191,26 @@ def _check_guarded(proc: ServerProcess, tmp_path: Path, *, auth_all: bool) -> No
     assert sum(value for _, value in refused_count) == 3 * (len(mutating) + (len(reading) if auth_all else 0))
 
 
-@pytest.mark.parametrize("source", ["file", "env", "file-auth-all"])
-def test_token_guards_mutating_rpcs_and_is_never_logged(procs: Launcher, tmp_path: Path, source: str) -> None:
+@pytest.mark.parametrize("source", ["file", "env-python-m-server", "file-auth-all"])
+def test_token_guards_mutating_rpcs_and_is_never_logged(
+    procs: Launcher, exec_procs: Launcher, tmp_path: Path, source: str
+) -> None:
+    """The env variant runs a real ``python -m server`` with grpc's own logging at DEBUG too."""
     store = tmp_path / "store"
     _store_with_task(store)
     extra = ["--log-level", "DEBUG"]
-    env: dict[str, str] = {"GRPC_VERBOSITY": "DEBUG"}
+    env: dict[str, str] = {}
+    launcher = procs
     if source.startswith("file"):
         token_file = tmp_path / "token"
         token_file.write_text(TOKEN + "\n")  # a trailing newline, as editors write it
         extra += ["--auth-token-file", str(token_file)]
     else:
-        env["TASKPATCH_AUTH_TOKEN"] = TOKEN
+        env = {"TASKPATCH_AUTH_TOKEN": TOKEN, "GRPC_VERBOSITY": "DEBUG"}
+        launcher = exec_procs
     if source.endswith("auth-all"):
         extra += ["--auth-all", "true"]
-    proc = procs.start(server_argv(store, *extra), cwd=tmp_path / "cwd", env=env)
+    proc = launcher.start(server_argv(store, *extra), cwd=tmp_path / "cwd", env=env)
     try:
         _check_guarded(proc, tmp_path, auth_all=source.endswith("auth-all"))
     finally:
@@ -282,7 +287,9 @@ def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def tls_server(procs: Launcher, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path, Path]]:
+def tls_server(
+    procs: Launcher, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, Path, Path]]:
     directory = tmp_path_factory.mktemp("tls")
     cert, key = _self_signed(directory, "server")
     other_ca, _ = _self_signed(directory, "other")
