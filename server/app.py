@@ -27,6 +27,7 @@ from server.metrics import Metrics
 from server.model import PatchedModel
 from server.rpc.auth import BearerTokenInterceptor
 from server.rpc.convert import UploadLimits
+from server.rpc.decode import DecodeErrorInterceptor
 from server.rpc.servicer import TaskPatchServicer
 from server.scheduler import SchedulerSettings, TrainingScheduler
 from server.settings import Settings
@@ -92,7 +93,12 @@ class TaskPatchServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
         token = settings.token()
-        interceptors = []
+        requests_counter = self.metrics.rpc_requests
+        interceptors: list[grpc.ServerInterceptor] = [
+            DecodeErrorInterceptor(
+                on_invalid=lambda rpc: requests_counter.labels(rpc=rpc, code="INVALID_ARGUMENT").inc()
+            )
+        ]
         if token:
             denied = self.metrics.rpc_requests
             interceptors.append(

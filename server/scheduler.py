@@ -38,7 +38,7 @@ from server.model import PatchedModel
 from server.names import validate_task_name
 from server.patches.registry import get_method
 from server.store import PatchMeta, PatchStore
-from server.store.atomic import atomic_write_bytes
+from server.store.atomic import TMP_PREFIX, atomic_write_bytes
 from server.training.config import TrainConfig
 from server.training.trainer import TrainEvent, train
 from tasks.errors import DataError
@@ -355,6 +355,8 @@ class TrainingScheduler:
             log.exception("could not journal job %s", job.id)
 
     def _recover_journal(self) -> None:
+        for leftover in self.journal_dir.glob(f"{TMP_PREFIX}*"):  # a journal write cut short by a crash
+            leftover.unlink(missing_ok=True)
         records = []
         for path in self.journal_dir.glob("*.json"):
             try:

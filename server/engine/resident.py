@@ -18,6 +18,7 @@ from server.engine.policy import LRUPolicy
 from server.errors import PatchCorrupt, ResourceExhausted
 from server.metrics import Metrics
 from server.model import PatchedModel
+from server.patch_check import check_patch
 from server.patches.base import MethodConfig, PatchTable
 from server.patches.heads import HeadSpec, HeadTable
 from server.patches.registry import get_method
@@ -109,14 +110,11 @@ class ResidentPatches:
         tensors, loaded = self.store.load(version.name, version.version)
         if loaded.meta.content_sha256 != version.meta.content_sha256:
             raise PatchCorrupt(f"task {version.name!r} changed while loading; retry")
-        method = get_method(loaded.meta.method)
-        config = method.parse_config(loaded.meta.method_config)
-        head = HeadSpec.from_dict(loaded.meta.head)
-        if head.pooling != self.model.backbone.pooling:
-            backbone_pooling = self.model.backbone.pooling
-            raise PatchCorrupt(
-                f"patch {version.name!r} pools with {head.pooling!r}, the backbone with {backbone_pooling!r}"
-            )
+        try:
+            patch = check_patch(self.model.backbone, tensors, loaded.meta)  # before any slot is taken
+        except PatchCorrupt as exc:
+            raise PatchCorrupt(f"task {version.name!r} v{loaded.version}: {exc}") from None
+        method, config, head = get_method(patch.method), patch.config, patch.head
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         victims = self.policy.victims(nbytes, protected)
         if victims is None:
@@ -133,8 +131,15 @@ class ResidentPatches:
             self._method_slots[method.name] = _SlotAllocator()
         method_slot = self._method_slots[method.name].take()
         head_slot = self._head_slots.take()
-        table.write(method_slot, tensors, config)
-        self.heads.write(head_slot, tensors)
+        try:
+            table.write(method_slot, tensors, config)
+            self.heads.write(head_slot, tensors)
+        except BaseException:
+            table.clear(method_slot)
+            self.heads.clear(head_slot)
+            self._method_slots[method.name].give_back(method_slot)
+            self._head_slots.give_back(head_slot)
+            raise
         entry = ResidentEntry(
             name=version.name,
             version=loaded.version,

@@ -15,6 +15,7 @@ from server.engine import ServingEngine
 from server.errors import InvalidArgument, ResourceExhausted
 from server.metrics import Metrics
 from server.names import validate_task_name
+from server.patch_check import import_patch
 from server.rpc import convert
 from server.rpc.status import rpc_method
 from server.scheduler import TrainingScheduler
@@ -142,7 +143,8 @@ class TaskPatchServicer(pb_grpc.TaskPatchServicer):
         if first is None or first.WhichOneof("item") != "name":
             raise InvalidArgument("the first ImportTask message must carry the task name ('' for the stored one)")
         name = validate_task_name(first.name) if first.name else None
-        fd, temp = tempfile.mkstemp(prefix=".tmp-import-", suffix=".safetensors", dir=self.store.root)
+        # Staged where the store removes ".tmp-" leftovers at open, so a crash mid-upload leaves nothing behind.
+        fd, temp = tempfile.mkstemp(prefix=".tmp-import-", suffix=".safetensors", dir=self.store.root / "tasks")
         try:
             size = 0
             with os.fdopen(fd, "wb") as f:
@@ -155,7 +157,7 @@ class TaskPatchServicer(pb_grpc.TaskPatchServicer):
                     f.write(request.data)
             if size == 0:
                 raise InvalidArgument("no patch data was sent")
-            version = self.store.import_file(Path(temp), name)
+            version = import_patch(self.store, self.engine.model.backbone, Path(temp), name)
         finally:
             Path(temp).unlink(missing_ok=True)
         return self._info(version.name)

@@ -32,6 +32,14 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
 )
 
 
+# Messages travel in trailing metadata (8 KiB by default) and may quote client input: keep them well inside it.
+MAX_MESSAGE_CHARS = 1000
+
+
+def _bounded(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "… (truncated)"
+
+
 def status_for(exc: BaseException) -> grpc.StatusCode | None:
     for error_type, code in STATUS_BY_ERROR:
         if isinstance(exc, error_type):
@@ -60,7 +68,7 @@ def rpc_method(name: str, streaming_response: bool = False) -> Callable[[F], F]:
                 log.error("%s failed", name, exc_info=exc)
                 code, message = grpc.StatusCode.INTERNAL, "internal error (see server log)"
             else:
-                code, message = mapped, str(exc)
+                code, message = mapped, _bounded(str(exc))
         metrics.rpc_requests.labels(rpc=name, code=code.name).inc()
         metrics.rpc_latency.labels(rpc=name).observe(time.perf_counter() - started)
         if exc is not None:

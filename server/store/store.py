@@ -88,11 +88,19 @@ class TaskRecord:
     current: PatchVersion | None  # None when unhealthy
     versions: tuple[int, ...]  # all versions on disk, ascending
     problem: str = ""  # "" when healthy, else a precise reason
+    wrong_backbone: bool = False  # the problem is a patch made for another backbone (not damage)
 
     @property
     def healthy(self) -> bool:
         """True when the task has a current version that can be served."""
         return not self.problem and self.current is not None
+
+
+def _unhealthy_error(record: TaskRecord) -> PatchCorrupt | BackboneMismatch:
+    """A foreign patch is a precondition problem (FAILED_PRECONDITION), damage is data loss (DATA_LOSS)."""
+    if record.wrong_backbone:
+        return BackboneMismatch(f"task {record.name!r} cannot be served: {record.problem}")
+    return PatchCorrupt(f"task {record.name!r} is unhealthy: {record.problem}")
 
 
 @dataclass(frozen=True)
@@ -283,18 +291,23 @@ class PatchStore:
         return versions, size
 
     @staticmethod
-    def _read_pointer(task_dir: Path) -> tuple[int | None, str]:
-        """The version CURRENT names, or ``(None, reason)``."""
+    def _read_pointer(task_dir: Path) -> tuple[int | None, str, int | None]:
+        """(current version, "", newest committed version) from CURRENT, or ``(None, reason, None)``.
+
+        CURRENT holds ``"<current> <committed>\n"``. ``committed`` is the newest version whose publish completed;
+        a version file above it was written by a publish that crashed before moving CURRENT, and nobody was ever
+        told it exists. A one-number CURRENT (format of the first release) commits every version on disk."""
         try:
             raw = (task_dir / CURRENT_NAME).read_bytes()
         except FileNotFoundError:
-            return None, "current pointer missing"
+            return None, "current pointer missing", None
         except OSError as exc:
-            return None, f"current pointer unreadable: {exc.strerror or exc}"
-        text = raw.decode("ascii", errors="replace").strip()
-        if len(raw) > 32 or not text.isascii() or not text.isdigit() or int(text) < 1:
-            return None, f"current pointer is not a version number: {raw[:32]!r}"
-        return int(text), ""
+            return None, f"current pointer unreadable: {exc.strerror or exc}", None
+        parts = raw.decode("ascii", errors="replace").split()
+        valid = len(raw) <= 64 and 1 <= len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts)
+        if not valid or int(parts[0]) < 1 or (len(parts) == 2 and int(parts[1]) < int(parts[0])):
+            return None, f"current pointer is not a version number: {raw[:32]!r}", None
+        return int(parts[0]), "", (int(parts[1]) if len(parts) == 2 else None)
 
     def _scan_task(self, name: str) -> _Task:
         """Build a task's record from disk alone; never raises for damage, which becomes ``problem``."""
@@ -307,7 +320,14 @@ class PatchStore:
         def unhealthy(problem: str) -> _Task:
             return _Task(TaskRecord(name, None, tuple(versions), problem), size)
 
-        pointer, problem = self._read_pointer(task_dir)
+        pointer, problem, committed = self._read_pointer(task_dir)
+        if committed is not None and versions and versions[-1] > committed:
+            for version in [v for v in versions if v > committed]:
+                logger.warning(
+                    "patch store: removing %s v%d, written by a publish that never completed", name, version
+                )
+                self._remove_path(task_dir / version_filename(version))
+            versions = [v for v in versions if v <= committed]
         if pointer is None:
             if not versions and problem == "current pointer missing":
                 problem = "no patch versions on disk"
@@ -323,9 +343,8 @@ class PatchStore:
         except OSError as exc:
             return unhealthy(f"v{pointer}: unreadable: {exc.strerror or exc}")
         if meta.backbone_fingerprint != self._fingerprint:
-            return unhealthy(
-                fingerprint_mismatch_message(meta.backbone_fingerprint, self._fingerprint, meta.backbone_id)
-            )
+            message = fingerprint_mismatch_message(meta.backbone_fingerprint, self._fingerprint, meta.backbone_id)
+            return _Task(TaskRecord(name, None, tuple(versions), message, wrong_backbone=True), size)
         current = PatchVersion(name=name, version=pointer, path=path, bytes=file_bytes, meta=meta)
         return _Task(TaskRecord(name, current, tuple(versions)), size)
 
@@ -342,7 +361,9 @@ class PatchStore:
                 logger.warning("patch store: task %r is unhealthy: %s", name, task.record.problem)
         return task
 
-    def _mark_unhealthy(self, name: str, seen: TaskRecord, version: int, problem: str) -> None:
+    def _mark_unhealthy(
+        self, name: str, seen: TaskRecord, version: int, problem: str, wrong_backbone: bool = False
+    ) -> None:
         """After a failed full read of the current version: stop serving it until a publish or rollback.
 
         ``seen`` is the record the read started from; if the task changed meanwhile (publish, rollback, delete and
@@ -352,7 +373,7 @@ class PatchStore:
         if task is None or task.record is not seen or seen.current is None or seen.current.version != version:
             return  # an older version is damaged, or the task moved on meanwhile: the current one is unaffected
         logger.error("patch store: task %r is now unhealthy: %s", name, problem)
-        record = dataclasses.replace(task.record, current=None, problem=problem)
+        record = dataclasses.replace(task.record, current=None, problem=problem, wrong_backbone=wrong_backbone)
         self._tasks[name] = dataclasses.replace(task, record=record)
 
     # -------------------------------------------------------------------------------------------------- reads
@@ -366,7 +387,7 @@ class PatchStore:
         with self._lock:
             record = self._entry(name).record
             if record.current is None:
-                raise PatchCorrupt(f"task {name!r} is unhealthy: {record.problem}")
+                raise _unhealthy_error(record)
             return record.current
 
     def list(self) -> builtins.list[TaskRecord]:
@@ -399,7 +420,7 @@ class PatchStore:
             record = self._entry(name).record
             if version is None:
                 if record.current is None:
-                    raise PatchCorrupt(f"task {name!r} is unhealthy: {record.problem}")
+                    raise _unhealthy_error(record)
                 version = record.current.version
             elif _check_version_arg(version) not in record.versions:
                 raise NotFound(f"task {name!r} has no version {version} (on disk: {list(record.versions)})")
@@ -413,7 +434,8 @@ class PatchStore:
             with self._lock:
                 if name not in self._tasks:
                     raise NotFound(f"no task named {name!r} (deleted while loading)") from exc
-                self._mark_unhealthy(name, record, version, problem)
+                self._mark_unhealthy(name, record, version, problem, isinstance(exc, BackboneMismatch))
+            self._notify(name)  # listeners (serving cache, health gauges) learn of the damage now
             if isinstance(exc, BackboneMismatch):
                 raise BackboneMismatch(f"task {name!r}: {problem}") from exc
             raise PatchCorrupt(f"task {name!r} {problem}") from exc
@@ -436,8 +458,8 @@ class PatchStore:
                 # The change is already durable; a failing listener must not make it look failed to the caller.
                 logger.exception("patch store: subscriber %r failed for task %r", callback, name)
 
-    def _write_pointer(self, task_dir: Path, version: int) -> None:
-        atomic_write_bytes(task_dir / CURRENT_NAME, f"{version}\n".encode("ascii"))
+    def _write_pointer(self, task_dir: Path, version: int, committed: int) -> None:
+        atomic_write_bytes(task_dir / CURRENT_NAME, f"{version} {committed}\n".encode("ascii"))
 
     def publish(self, name: str, tensors: Mapping[str, torch.Tensor], meta: PatchMeta) -> PatchVersion:
         """Store ``tensors`` as the task's next version and make it current.
@@ -466,7 +488,7 @@ class PatchStore:
                     path = task_dir / version_filename(version)
                     written = write_patch_file(path, tensors, meta)
                     try:
-                        self._write_pointer(task_dir, version)
+                        self._write_pointer(task_dir, version, version)
                     except BaseException:
                         # CURRENT still names the old version; remove the orphan so the next publish reuses
                         # its number and nobody mistakes it for a published version.
@@ -490,7 +512,7 @@ class PatchStore:
         staging.mkdir()
         try:
             written = write_patch_file(staging / version_filename(1), tensors, meta)
-            self._write_pointer(staging, 1)
+            self._write_pointer(staging, 1, 1)
             os.rename(staging, self._task_dir(name))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -510,7 +532,7 @@ class PatchStore:
             task_dir = self._task_dir(name)
             versions = self._scan_task(name).record.versions  # fresh from disk, not the cached index
             if version is None:
-                pointer, problem = self._read_pointer(task_dir)
+                pointer, problem, _ = self._read_pointer(task_dir)
                 if pointer is None:
                     raise FailedPrecondition(f"cannot roll back task {name!r}: {problem}; name the version to use")
                 earlier = [v for v in versions if v < pointer]
@@ -529,7 +551,7 @@ class PatchStore:
             except PatchCorrupt as exc:
                 raise PatchCorrupt(f"cannot roll back task {name!r} to v{target}: {exc}") from exc
             with _disk_errors():
-                self._write_pointer(task_dir, target)
+                self._write_pointer(task_dir, target, max(versions))
             self._tasks[name] = self._scan_task(name)
             result = PatchVersion(name=name, version=target, path=path, bytes=path.stat().st_size, meta=meta)
         logger.info("patch store: task %r now serves v%d (rollback)", name, target)

@@ -507,11 +507,6 @@ def _train_small(client: TaskPatchClient, name: str, *, replace: bool = False) -
     return events[-1].version
 
 
-@pytest.mark.xfail(
-    reason="BUG: ImportTask's temporary file (.tmp-import-*, written in the store root by server/rpc/servicer.py "
-    "ImportTask) survives a crash: PatchStore._open_scan only cleans leftovers under tasks/",
-    strict=True,
-)
 def test_import_temp_file_left_by_a_crash_is_removed_at_restart(procs: Launcher, tmp_path: Path) -> None:
     import grpc
 
@@ -543,11 +538,6 @@ def test_import_temp_file_left_by_a_crash_is_removed_at_restart(procs: Launcher,
     assert sorted(e.name for e in store.iterdir()) == sorted(ROOT_NAMES)
 
 
-@pytest.mark.xfail(
-    reason="BUG: temporary files of the job journal (jobs/.tmp-<id>.json-<hex>, from atomic_write_bytes in "
-    "TrainingScheduler._journal) left by a crash are never removed: _recover_journal only reads *.json",
-    strict=True,
-)
 def test_journal_temp_file_left_by_a_crash_is_removed_at_restart(procs: Launcher, tmp_path: Path) -> None:
     store = tmp_path / "store"
     procs.start(server_argv(store, metrics=False), cwd=tmp_path / "cwd").kill()
@@ -558,12 +548,6 @@ def test_journal_temp_file_left_by_a_crash_is_removed_at_restart(procs: Launcher
     assert not leftover.exists()
 
 
-@pytest.mark.xfail(
-    reason="BUG: a crash between the two steps of PatchStore.publish (version file written, CURRENT not moved) "
-    "leaves a version that was never published listed in TaskInfo.versions and used as a rollback target; "
-    "the store cannot tell it from a version rolled back from",
-    strict=True,
-)
 def test_uncommitted_version_left_by_a_crash_is_not_a_version(
     procs: Launcher, tmp_path: Path, tiny_fingerprint: str
 ) -> None:

@@ -191,12 +191,6 @@ def test_predict_on_a_damaged_task_gets_a_clear_status(damaged: Damaged) -> None
     assert re.search(DAMAGES[2].problem, flipped.problem), flipped.problem
 
 
-@pytest.mark.xfail(
-    reason="BUG: Predict on a stored task whose current patch was made for another backbone answers DATA_LOSS "
-    "(PatchStore.current raises PatchCorrupt for every unhealthy task), while the README maps 'patch for another "
-    "backbone' to FAILED_PRECONDITION and ImportTask of the same file answers FAILED_PRECONDITION",
-    strict=True,
-)
 def test_predict_on_a_foreign_patch_is_failed_precondition(damaged: Damaged) -> None:
     assert client_code(lambda: damaged.client.predict("other-backbone", ["hello"])) == "FAILED_PRECONDITION"
 
@@ -249,12 +243,6 @@ def test_unhealthy_metric_counts_the_damaged_tasks(damaged: Damaged) -> None:
     assert unhealthy <= listed
 
 
-@pytest.mark.xfail(
-    reason="BUG: taskpatch_tasks_unhealthy is only recomputed on publish/rollback/delete (server/app.py "
-    "_update_store_gauges via store.subscribe); a task marked unhealthy by a failed load "
-    "(PatchStore._mark_unhealthy) is not counted until the next unrelated store change",
-    strict=True,
-)
 def test_unhealthy_metric_counts_damage_found_by_a_load(damaged: Damaged) -> None:
     damaged.client.predict(HEALTHY[0], ["warm"])
     assert client_code(lambda: damaged.client.predict("flipped-data", ["x"])) == "DATA_LOSS"

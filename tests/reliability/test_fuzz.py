@@ -722,12 +722,6 @@ def test_fuzz_raw_bytes(fuzz: Fuzz, rpc: str, payloads: list[bytes]) -> None:
     assert code in allowed, (rpc, payloads)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a request whose bytes do not parse as the request message (invalid UTF-8 in a string field, a "
-    "truncated or mistyped field) is answered INTERNAL 'Exception deserializing request!' by grpc itself, before "
-    "the servicer runs: not INVALID_ARGUMENT, and not counted in taskpatch_rpc_requests_total",
-    strict=True,
-)
 @pytest.mark.parametrize("rpc", ["Predict", "GetTask", "ImportTask", "AddTask"])
 def test_unparseable_request_is_invalid_argument(fuzz: Fuzz, rpc: str) -> None:
     bad = b"\x0a\x02\xff\xfe"  # field 1 (a string in every one of these) holding invalid UTF-8
@@ -741,13 +735,6 @@ def test_unparseable_request_is_invalid_argument(fuzz: Fuzz, rpc: str) -> None:
     assert send(rpc, call) == "INVALID_ARGUMENT"
 
 
-@pytest.mark.xfail(
-    reason="BUG: status messages echo client input without a bound ('no job {job_id!r}' in TrainingScheduler.get, "
-    "'unknown patch method {name!r}' in patches/registry.get_method, metric and label names...): past ~8 KB the "
-    "grpc-message trailer exceeds grpc's metadata limit and the client gets RESOURCE_EXHAUSTED 'received metadata "
-    "size exceeds soft limit' instead of NOT_FOUND / INVALID_ARGUMENT",
-    strict=True,
-)
 @pytest.mark.parametrize("rpc", ["GetJob", "AddTask"])
 def test_error_messages_do_not_echo_unbounded_input(fuzz: Fuzz, rpc: str) -> None:
     long = "j" * 20_000  # well under --max-message-bytes
@@ -802,12 +789,6 @@ def hostile_server(procs: Launcher, tmp_path_factory: pytest.TempPathFactory) ->
         proc.kill()
 
 
-@pytest.mark.xfail(
-    reason="BUG: ImportTask (PatchStore.import_file) checks only the hash and the fingerprint, not that the tensors "
-    "and header fit the method and head: such a patch is stored, then Predict fails with INTERNAL (KeyError in "
-    "ResidentPatches._load / HeadTable.write) or INVALID_ARGUMENT, or silently serves a zero-padded/truncated patch",
-    strict=True,
-)
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_import_of_a_patch_that_does_not_fit_is_refused(hostile_server: tuple[ServerProcess, Path], case: str) -> None:
     proc, workdir = hostile_server
@@ -822,12 +803,6 @@ def test_import_of_a_patch_that_does_not_fit_is_refused(hostile_server: tuple[Se
     assert imported in ("INVALID_ARGUMENT", "DATA_LOSS", "FAILED_PRECONDITION"), (imported, served)
 
 
-@pytest.mark.xfail(
-    reason="BUG: ResidentPatches._load (server/engine/resident.py) takes a method slot and a head slot before "
-    "table.write/heads.write; when those raise, the slots are never given back: each failing Predict grows the "
-    "resident tables (unbounded memory)",
-    strict=True,
-)
 def test_failing_patch_loads_do_not_leak_resident_slots(
     procs: Launcher, tmp_path: Path, tiny_fingerprint: str
 ) -> None:

@@ -54,7 +54,7 @@ def test_publish_creates_versions_and_moves_current(store: PatchStore, meta: Pat
     assert (first.version, second.version) == (1, 2)
     task_dir = _task_dir(store.root, "sst2")
     assert _visible(task_dir) == ["CURRENT", "v000001.safetensors", "v000002.safetensors"]
-    assert (task_dir / "CURRENT").read_text() == "2\n"
+    assert (task_dir / "CURRENT").read_text() == "2 2\n"  # current, newest committed
     assert second.path == task_dir / "v000002.safetensors" and second.bytes == second.path.stat().st_size
     assert second.meta.content_sha256 == content_hash(make_tensors(2))
     assert store.current("sst2") == second
@@ -95,7 +95,7 @@ def test_rollback_to_previous_and_explicit(store: PatchStore, meta: PatchMeta) -
     with pytest.raises(FailedPrecondition, match="no version earlier than v1"):
         store.rollback("sst2")
     assert store.rollback("sst2", 3).version == 3  # forward again: a pointer move, nothing was deleted
-    assert (_task_dir(store.root, "sst2") / "CURRENT").read_text() == "3\n"
+    assert (_task_dir(store.root, "sst2") / "CURRENT").read_text() == "3 3\n"
     assert store.get("sst2").versions == (1, 2, 3)
     with pytest.raises(NotFound, match="no version 9"):
         store.rollback("sst2", 9)
@@ -298,9 +298,11 @@ def test_damaged_task_is_reported_not_fatal(
         assert record.problem.startswith(problem), record.problem
         assert record.versions == (1, 2)
         assert [(r.name, r.healthy) for r in store.list()] == [("cola", True), ("sst2", False), ("zeta", True)]
-        with pytest.raises(PatchCorrupt, match="unhealthy"):
+        # A foreign patch is a precondition problem (FAILED_PRECONDITION), damage is data loss (DATA_LOSS).
+        expected = BackboneMismatch if case == "other-backbone" else PatchCorrupt
+        with pytest.raises(expected):
             store.current("sst2")
-        with pytest.raises(PatchCorrupt, match="unhealthy"):
+        with pytest.raises(expected):
             store.load("sst2")
         store.load("sst2", 1)  # an intact older version stays loadable
         store.load("cola")
