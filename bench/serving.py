@@ -41,7 +41,7 @@ from server.metrics import Metrics
 from server.model import Patch, PatchedModel, pool
 from server.patches import get_method
 from server.patches.heads import HeadSpec, apply_head, init_head
-from server.store import PatchMeta, PatchStore
+from server.store import PatchStore
 from tasks.glue import load_glue
 
 BATCH = 32
@@ -62,16 +62,7 @@ def random_patch(model: PatchedModel, method: str, seed: int) -> Patch:
 
 
 def publish(store: PatchStore, model: PatchedModel, name: str, patch: Patch) -> None:
-    meta = PatchMeta(
-        method=patch.method,
-        method_config=patch.config.to_dict(),
-        head=patch.head.to_dict(),
-        backbone_id=model.backbone.backbone_id,
-        backbone_fingerprint=model.backbone.fingerprint,
-        training={"task_name": name},
-        metrics={},
-    )
-    store.publish(name, patch.tensors, meta)
+    store.publish(name, patch.tensors, patch.meta(model.backbone, {"task_name": name}, {}))
 
 
 def sync() -> None:

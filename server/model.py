@@ -23,6 +23,7 @@ from server.patches.base import MethodConfig
 from server.patches.heads import HeadSpec, apply_head
 from server.patches.registry import get_method
 from server.patches.routing import PointApplier, current_appliers, routed
+from server.store.format import PatchMeta
 
 _HOOKS_ATTRIBUTE = "_taskpatch_hooks"
 
@@ -35,6 +36,18 @@ class Patch:
     config: MethodConfig
     head: HeadSpec
     tensors: dict[str, torch.Tensor]
+
+    def meta(self, backbone: Backbone, training: Mapping[str, Any], metrics: Mapping[str, float]) -> PatchMeta:
+        """The store metadata that makes this patch's file self-describing."""
+        return PatchMeta(
+            method=self.method,
+            method_config=self.config.to_dict(),
+            head=self.head.to_dict(),
+            backbone_id=backbone.backbone_id,
+            backbone_fingerprint=backbone.fingerprint,
+            training=dict(training),
+            metrics=dict(metrics),
+        )
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from server.metrics import Metrics
 from server.model import PatchedModel
 from server.names import validate_task_name
 from server.patches.registry import get_method
-from server.store import PatchMeta, PatchStore
+from server.store import PatchStore
 from server.store.atomic import TMP_PREFIX, atomic_write_bytes
 from server.training.config import TrainConfig
 from server.training.trainer import TrainEvent, train
@@ -280,15 +280,7 @@ class TrainingScheduler:
                 "history": result.history,
                 "trainable_parameters": result.trainable_parameters,
             }
-            meta = PatchMeta(
-                method=result.patch.method,
-                method_config=result.patch.config.to_dict(),
-                head=result.patch.head.to_dict(),
-                backbone_id=self.backbone.backbone_id,
-                backbone_fingerprint=self.backbone.fingerprint,
-                training=training,
-                metrics=result.metrics,
-            )
+            meta = result.patch.meta(self.backbone, training, result.metrics)
             if self._stopping:
                 raise Cancelled("server shut down before the patch was published")
             version = self.store.publish(job.task, result.patch.tensors, meta)

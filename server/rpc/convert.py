@@ -14,6 +14,7 @@ from server.names import validate_task_name
 from server.scheduler import Job, JobEvent, JobState
 from server.store import TaskRecord
 from server.training.config import TrainConfig
+from server.training.trainer import TrainEvent
 from tasks.metrics import default_metrics, validate_metric_names
 from tasks.types import Example, TaskData
 from tasks.validate import check_label_set, validate_examples
@@ -188,6 +189,17 @@ def inputs_from_request(request: pb.PredictRequest, max_inputs: int, max_chars: 
     return inputs
 
 
+def _progress_to_pb(p: TrainEvent) -> pb.Progress:
+    return pb.Progress(
+        epoch=p.epoch,
+        step=p.step,
+        total_steps=p.total_steps,
+        loss=p.loss,
+        examples_per_s=p.examples_per_s,
+        eta_s=p.eta_s,
+    )
+
+
 def job_event_to_pb(event: JobEvent) -> pb.JobEvent:
     message = pb.JobEvent(job_id=event.job_id, task=event.task, state=JOB_STATES[event.state])
     if event.kind == "queued":
@@ -195,17 +207,7 @@ def job_event_to_pb(event: JobEvent) -> pb.JobEvent:
     elif event.kind == "started":
         message.started = True
     elif event.kind == "progress" and event.progress is not None:
-        p = event.progress
-        message.progress.CopyFrom(
-            pb.Progress(
-                epoch=p.epoch,
-                step=p.step,
-                total_steps=p.total_steps,
-                loss=p.loss,
-                examples_per_s=p.examples_per_s,
-                eta_s=p.eta_s,
-            )
-        )
+        message.progress.CopyFrom(_progress_to_pb(event.progress))
     elif event.kind == "evaluation":
         epoch = event.progress.epoch if event.progress else 0
         step = event.progress.step if event.progress else 0
@@ -245,17 +247,7 @@ def job_to_pb(job: Job, queue_position: int) -> pb.Job:
         error=job.error,
     )
     if job.progress is not None:
-        p = job.progress
-        message.progress.CopyFrom(
-            pb.Progress(
-                epoch=p.epoch,
-                step=p.step,
-                total_steps=p.total_steps,
-                loss=p.loss,
-                examples_per_s=p.examples_per_s,
-                eta_s=p.eta_s,
-            )
-        )
+        message.progress.CopyFrom(_progress_to_pb(job.progress))
     return message
 
 

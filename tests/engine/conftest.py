@@ -9,7 +9,7 @@ from server.backbone import load_backbone
 from server.engine import EngineSettings, ServingEngine
 from server.metrics import Metrics
 from server.model import Patch, PatchedModel
-from server.store import PatchMeta, PatchStore
+from server.store import PatchStore
 from tests.helpers import random_patch
 
 
@@ -25,16 +25,7 @@ def store(tmp_path: Path, model: PatchedModel) -> Iterator[PatchStore]:
 
 
 def publish(store: PatchStore, model: PatchedModel, name: str, patch: Patch) -> None:
-    meta = PatchMeta(
-        method=patch.method,
-        method_config=patch.config.to_dict(),
-        head=patch.head.to_dict(),
-        backbone_id=model.backbone.backbone_id,
-        backbone_fingerprint=model.backbone.fingerprint,
-        training={"task_name": name},
-        metrics={},
-    )
-    store.publish(name, patch.tensors, meta)
+    store.publish(name, patch.tensors, patch.meta(model.backbone, {"task_name": name}, {}))
 
 
 @pytest.fixture()
