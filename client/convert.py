@@ -24,20 +24,7 @@ IMPORT_CHUNK_BYTES = 1 << 20
 _PROBLEM_TYPES: dict[str, pb.ProblemType] = {"classification": pb.CLASSIFICATION, "regression": pb.REGRESSION}
 _PROBLEM_NAMES: dict[int, str] = {value: name for name, value in _PROBLEM_TYPES.items()}
 # The TrainingOptions fields the client sets; every one is `optional` in the proto, so unset = method default.
-TRAINING_OPTIONS: tuple[str, ...] = (
-    "learning_rate",
-    "head_learning_rate",
-    "epochs",
-    "batch_size",
-    "data_fraction",
-    "time_budget_s",
-    "seed",
-    "max_seq_length",
-    "early_stopping_patience",
-    "warmup_ratio",
-    "weight_decay",
-    "evals_per_epoch",
-)
+TRAINING_OPTIONS: tuple[str, ...] = tuple(f.name for f in pb.TrainingOptions.DESCRIPTOR.fields)
 
 
 # --- requests -----------------------------------------------------------------------------------------------------

@@ -32,22 +32,8 @@ JOB_STATES = {
     JobState.CANCELLED: pb.CANCELLED,
     JobState.INTERRUPTED: pb.INTERRUPTED,
 }
-TRAINING_FIELDS = (
-    "learning_rate",
-    "head_learning_rate",
-    "epochs",
-    "batch_size",
-    "data_fraction",
-    "time_budget_s",
-    "seed",
-    "max_seq_length",
-    "early_stopping_patience",
-    "warmup_ratio",
-    "weight_decay",
-    "evals_per_epoch",
-)
-# Options whose "unset" value in TrainConfig is a concrete number rather than None.
-_TRAIN_DEFAULTS = TrainConfig()
+# Every TrainingOptions field is `optional` in the proto (unset = the method default); read the names from there.
+TRAINING_FIELDS: tuple[str, ...] = tuple(f.name for f in pb.TrainingOptions.DESCRIPTOR.fields)
 
 
 @dataclass(frozen=True)
