@@ -38,9 +38,21 @@ class Cell:
     seed: int
     epochs: int | None
     dev_limit: int  # 0: the whole dev split
-    train_limit: int  # 0: the whole train split (only tests set it)
+    train_limit: int  # 0: the whole train split
     backbone: str
+    equal_compute: bool = False  # epochs scale with 1/fraction (see ``train_epochs``)
     axes: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def train_epochs(self) -> int | None:
+        """Epochs the trainer runs: ``epochs``, or with ``equal_compute`` ``round(epochs / data_fraction)``.
+
+        Equal compute gives a 10% cell ten passes over its tenth of the data, so every fraction trains on about as
+        many examples and the fraction axis measures the data rather than how little training the small pool got.
+        """
+        if self.epochs is None or not self.equal_compute:
+            return self.epochs
+        return max(1, round(self.epochs / self.data_fraction))
 
     def identity(self) -> dict[str, Any]:
         """The fields the result depends on, normalised so 40 and 40.0 (or 0.30 and 0.3) are the same cell."""
@@ -54,6 +66,8 @@ class Cell:
             "dev_limit": int(self.dev_limit),
             "train_limit": int(self.train_limit),
             "backbone": self.backbone,
+            # Only when set, so cells measured before the option existed keep their ids.
+            **({"equal_compute": True} if self.equal_compute else {}),
         }
 
     @property
@@ -87,28 +101,34 @@ class Profile:
     seeds: int
     epochs: int | None  # None: each method's default (10, docs/training-defaults.md)
     dev_limit: int  # 0: the whole dev split
+    train_limit: int = 0  # 0: the whole train split; else a stratified sample of this size is "100% of the data"
+    equal_compute: bool = False  # fraction-axis epochs = round(epochs / fraction) (Cell.train_epochs)
 
 
-# The quick profile has to finish on the 2-core CPU machine in an hour with the embedded MiniLM. What it cuts, and
-# why: 1 epoch per cell with a 40 s cap (a full CoLA epoch alone takes ~330 s there); 400 dev examples per task
-# (evaluation runs at ~80 ex/s, so a whole STS-B dev split would cost 19 s per cell); 2 seeds instead of 3; no
-# 0.5 fraction; the budget axis is 15 s and 40 s (the 40 s cell is shared with the fraction axis). Estimate: ~37
-# min (~46 if every task cost MRPC's per example), and since every cell is capped, at most ~50 min however slowly
-# training runs (``bound_cell_s``). Under a 40 s cap the 0.3 and 1.0 fractions see about the same number of examples
-# on CPU, so there the fraction axis mostly measures the pool the examples are drawn from; and within 40 s MRPC and
-# CoLA barely leave the majority class (measured: F1 ~81, MCC 0). The report detects and says both.
+# The quick profile has to finish on the 2-core CPU machine in an hour with the embedded MiniLM, and still train
+# every cell far enough to tell the methods apart (a first version capped cells at 40 s and MRPC and CoLA never left
+# the majority class). What it cuts, and why:
+# - the data: "100%" is a stratified sample of 2,500 training examples per task (a whole MRPC epoch of full
+#   fine-tuning alone takes ~90 s there) and 300 dev examples (evaluation runs once per epoch);
+# - compute: one epoch-equivalent per cell, with equal compute across fractions (10 epochs of the 10% pool, 3 of the
+#   30% pool, 1 of the whole), so each cell trains on ~2,500 examples and only the amount of data differs;
+# - the grid: fractions 0.1, 0.3, 1.0 (no 0.5); budgets 10 s and 30 s at 100% (and unlimited: the cell shared with
+#   the fraction axis); 2 seeds instead of 3.
+# Estimate at the measured rates: ~40 min on 2 quiet cores (``test_quick_profile_fits_an_hour_on_two_cpu_cores``).
 QUICK = Profile(
     name="quick",
-    summary="3 tasks x 3 methods x fractions (0.1, 0.3, 1.0) at a 40 s cap + budgets (15 s, 40 s) at fraction 1.0;"
-    " 2 seeds; 1 epoch per cell; dev limited to 400 examples per task",
+    summary="3 tasks x 3 methods x fractions (0.1, 0.3, 1.0) of a 2,500-example pool with equal compute (10, 3, 1"
+    " epochs) + budgets (unlimited, 10 s, 30 s; on CUDA 0.5 s, 1.5 s) at 100%; 2 seeds; 300 dev examples per task",
     tasks=("mrpc", "stsb", "cola"),
     methods=("full", "bitfit", "adapter"),
     fractions=(0.1, 0.3, 1.0),
-    fraction_budget_s={"cpu": 40.0, "cuda": 40.0},
-    budgets_s={"cpu": (15.0, 40.0), "cuda": (15.0, 40.0)},
+    fraction_budget_s={"cpu": 0.0, "cuda": 0.0},
+    budgets_s={"cpu": (0.0, 10.0, 30.0), "cuda": (0.0, 0.5, 1.5)},
     seeds=2,
     epochs=1,
-    dev_limit=400,
+    dev_limit=300,
+    train_limit=2500,
+    equal_compute=True,
 )
 
 # The real grid: each method's default schedule (10 epochs, keep-best), whole dev splits, 3 seeds. The caps on the
@@ -148,6 +168,7 @@ class GridSpec:
     dev_limit: int
     train_limit: int
     backbone: str
+    equal_compute: bool = False
 
     def describe(self) -> str:
         budgets = ", ".join(format_budget(b) for b in self.budgets_s) or "none"
@@ -155,7 +176,9 @@ class GridSpec:
             f"tasks {', '.join(self.tasks)}; methods {', '.join(self.methods)}; data fractions"
             f" {', '.join(f'{f:g}' for f in self.fractions)} at budget {format_budget(self.fraction_budget_s)};"
             f" budgets {budgets} at fraction 1; seeds {', '.join(map(str, self.seeds))};"
-            f" epochs {self.epochs if self.epochs is not None else 'method default'};"
+            f" epochs {self.epochs if self.epochs is not None else 'method default'}"
+            + (" per 100% of the data, scaled by 1/fraction (equal compute)" if self.equal_compute else "")
+            + ";"
             f" dev limit {self.dev_limit or 'none'}; backbone {self.backbone}"
             + (f"; train limit {self.train_limit}" if self.train_limit else "")
         )
@@ -174,7 +197,8 @@ def resolve_spec(
     seeds: int | None = None,
     epochs: int | None = None,
     dev_limit: int | None = None,
-    train_limit: int = 0,
+    train_limit: int | None = None,
+    equal_compute: bool | None = None,
 ) -> GridSpec:
     """The profile's values for ``device_type``, each replaced by the override when one is given."""
     if device_type not in DEVICE_TYPES:
@@ -192,8 +216,9 @@ def resolve_spec(
         seeds=tuple(range(profile.seeds if seeds is None else seeds)),
         epochs=profile.epochs if epochs is None else epochs,
         dev_limit=profile.dev_limit if dev_limit is None else dev_limit,
-        train_limit=train_limit,
+        train_limit=profile.train_limit if train_limit is None else train_limit,
         backbone=backbone,
+        equal_compute=profile.equal_compute if equal_compute is None else equal_compute,
     )
     _validate(spec)
     return spec
@@ -212,6 +237,8 @@ def _validate(spec: GridSpec) -> None:
             raise ValueError(f"time budgets must be >= 0 seconds (0: unlimited), got {budget:g}")
     if spec.epochs is not None and spec.epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {spec.epochs}")
+    if spec.equal_compute and spec.epochs is None:
+        raise ValueError("equal compute scales a number of epochs: give --epochs (or turn equal compute off)")
     if spec.dev_limit < 0 or spec.train_limit < 0:
         raise ValueError("data limits must be >= 0 (0: no limit)")
 
@@ -247,6 +274,7 @@ def build_grid(spec: GridSpec) -> list[Cell]:
                         dev_limit=spec.dev_limit,
                         train_limit=spec.train_limit,
                         backbone=spec.backbone,
+                        equal_compute=spec.equal_compute,
                     )
                     add(cell, axis)
     return list(cells.values())
@@ -268,15 +296,16 @@ class Rates:
 
 
 RATES: dict[str, Rates] = {
-    # Measured on the 2-core CPU machine with the embedded MiniLM on MRPC (the longest inputs of the three tasks,
-    # so the estimate errs high for CoLA and STS-B).
+    # Measured on the otherwise idle 2-core CPU machine with the embedded MiniLM on MRPC (the longest inputs of the
+    # three tasks; 20 s of training per method, 400 dev examples evaluated). Faster than the figures in the
+    # developers' guide (26 ex/s for BitFit) because the trainer pads per batch and groups similar lengths.
     "cpu": Rates(
-        train={"bitfit": 26.0, "adapter": 24.0, "full": 18.0},
-        eval=80.0,
+        train={"bitfit": 60.0, "adapter": 65.0, "full": 41.0},
+        eval=135.0,
         tokenize=4000.0,
         cell_overhead_s=1.0,
         full_patch_write_s=2.0,
-        source="measured on the 2-core CPU machine, embedded MiniLM, MRPC",
+        source="measured on the idle 2-core CPU machine, embedded MiniLM, MRPC",
     ),
     # Not measured alone: read off the H200 sweep (8 runs sharing the GPU) and scaled up; the progress bar's ETA,
     # which follows the real pace, is the better guide on a GPU.
@@ -289,15 +318,17 @@ RATES: dict[str, Rates] = {
         source="rough guess from the shared-GPU sweep, embedded MiniLM",
     ),
 }
-DEFAULT_TRAIN_RATE = 20.0  # a method the table does not know (a plug-in) on CPU
-# Mean characters per training example (text + pair) of MRPC's train split, where the CPU rates were measured. Cost
-# per example grows about linearly with length at these sizes: a CoLA example (41 characters) trains ~6x faster.
+DEFAULT_TRAIN_RATE = 40.0  # a method the table does not know (a plug-in) on CPU
+# Mean characters per training example (text + pair) of MRPC's train split, where the CPU rates were measured.
 REFERENCE_CHARS = 231.0
+# Share of an example's cost that does not grow with its length (per-step and per-layer overheads), fitted to the
+# same measurement: CoLA (41 characters) trains 3.0x faster per example than MRPC, STS-B (115) 1.6x.
+FIXED_COST_SHARE = 0.18
 
 
 def length_factor(mean_chars: float) -> float:
     """Per-example cost relative to the examples the rates were measured on (clamped to 0.2..3)."""
-    return min(3.0, max(0.2, mean_chars / REFERENCE_CHARS))
+    return min(3.0, max(0.2, FIXED_COST_SHARE + (1 - FIXED_COST_SHARE) * mean_chars / REFERENCE_CHARS))
 
 
 def _train_rate(method: str, device_type: str) -> float:
@@ -320,7 +351,7 @@ def estimate_cell_s(
     """
     rates = RATES[device_type]
     examples = max(1, round(n_train * cell.data_fraction))
-    epochs = cell.epochs or default_epochs
+    epochs = cell.train_epochs or default_epochs
     epoch_s = examples * length / _train_rate(cell.method, device_type)
     planned_s = epochs * epoch_s
     eval_s = n_dev * length / rates.eval

@@ -433,10 +433,65 @@ def caveats(records: Sequence[dict[str, Any]], tasks: dict[str, TaskResults]) ->
     seeds = max((g.n for t in tasks.values() for g in t.groups.values()), default=0)
     if seeds < 3:
         notes.append(f"{seeds} seed(s) per setting: std estimates from so few runs are rough.")
+    scaled = sorted(
+        {(r["cell"]["data_fraction"], r["train_config"]["epochs"]) for r in records if r["cell"].get("equal_compute")}
+    )
     epochs = {r["cell"].get("epochs") for r in records}
-    if epochs != {None}:
+    if epochs != {None} and not scaled:
         listed = ", ".join("method default" if e is None else str(e) for e in sorted(epochs, key=str))
         notes.append(f"Epochs per cell: {listed} (the methods' defaults are 10, docs/training-defaults.md).")
+    if scaled:
+        listed = ", ".join(f"{epochs} at {fraction:.0%}" for fraction, epochs in scaled)
+        notes.append(
+            f"Equal compute: epochs scale with 1/fraction ({listed}), so every fraction trains on about as many"
+            " examples and only the amount of distinct data differs."
+        )
+    limits = {r["cell"].get("train_limit") for r in records} - {0, None}
+    if limits:
+        pool_sizes = ", ".join(
+            f"{t} {n:,}"
+            for t, n in sorted(
+                {(r["cell"]["task"], r["train_examples"]) for r in records if r["cell"]["data_fraction"] == 1.0}
+            )
+        )
+        notes.append(
+            f"100% of the data is a stratified sample of at most {', '.join(f'{n:,}' for n in sorted(limits))}"
+            f" training examples per task (used: {pool_sizes}), not the whole GLUE train split."
+        )
+    notes += keep_best_optimism(records)
+    return notes
+
+
+def keep_best_optimism(records: Sequence[dict[str, Any]], threshold: float = 0.5) -> list[str]:
+    """How far the kept-best score sits above the last evaluation, by how many evaluations a cell made.
+
+    Keep-best picks the evaluation with the best score on the same dev examples the tables report, so the more
+    evaluations a cell makes, the more its score is the maximum of noisy looks. Cells that make more evaluations
+    (more epochs: the small fractions under equal compute, or unlimited budgets) are then favoured; this puts a
+    number on it, per task, when the gap reaches ``threshold`` points.
+    """
+    gaps: dict[str, dict[int, list[float]]] = {}
+    for record in records:
+        history = record.get("history") or []
+        if not record.get("train_config", {}).get("keep_best", True) or not history:
+            continue
+        primary = record["primary_metric"]
+        gap = 100 * (record["metrics"][primary] - history[-1][primary])
+        gaps.setdefault(record["cell"]["task"], {}).setdefault(len(history), []).append(gap)
+    notes = []
+    for task in sorted(gaps, key=_task_key):
+        by_count = gaps[task]
+        if max(statistics.fmean(values) for values in by_count.values()) < threshold:
+            continue
+        listed = "; ".join(
+            f"{statistics.fmean(values):.1f} with {count} evaluation{'s' if count > 1 else ''} ({len(values)} cells)"
+            for count, values in sorted(by_count.items(), reverse=True)
+        )
+        notes.append(
+            f"{_title(task)}: the kept-best score is the best of a cell's evaluations on the very dev examples"
+            f" reported, so cells that evaluate more often read optimistically. Mean points above the last"
+            f" evaluation: {listed}."
+        )
     return notes
 
 
@@ -702,7 +757,7 @@ def mixed_settings(records: Sequence[dict[str, Any]]) -> list[str]:
     The tables group by task, method, fraction and budget only; the default results file is one per profile, so
     mixing only happens when several overrides write to one file, and then it must not go unnoticed.
     """
-    fields = ("backbone", "epochs", "dev_limit", "train_limit")
+    fields = ("backbone", "epochs", "equal_compute", "dev_limit", "train_limit")
     kinds = sorted({tuple(str(r["cell"].get(f)) for f in fields) for r in records})
     if len(kinds) < 2:
         return []

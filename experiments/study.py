@@ -321,7 +321,7 @@ def run_cell(
 
     config = TrainConfig(
         method=cell.method,
-        epochs=cell.epochs,
+        epochs=cell.train_epochs,
         seed=cell.seed,
         data_fraction=cell.data_fraction,
         time_budget_s=cell.time_budget_s,
@@ -397,17 +397,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--budgets", nargs="*", type=float, default=None, help="time budgets in s at fraction 1.0; 0: unlimited"
     )
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (seeds 0..N-1)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per cell (default: the profile's)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="epochs per cell, at 100%% of the data with equal compute"
+    )
+    parser.add_argument(
+        "--equal-compute",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="scale fraction-axis epochs by 1/fraction so every fraction trains on as many examples",
+    )
     parser.add_argument("--backbone", default="default", help="default (embedded MiniLM), tiny, or a model dir")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR, then the hub)")
     parser.add_argument("--results", type=Path, default=None, help="results file (default results/study-<profile>)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: results file minus .jsonl)")
     parser.add_argument("--dev-limit", type=int, default=None, help="dev examples per task (0: all)")
+    parser.add_argument(
+        "--train-limit", type=int, default=None, help="train examples per task, a stratified sample (0: all)"
+    )
     parser.add_argument("--report-only", action="store_true", help="only write the report from the results file")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    # Test hooks, hidden: a smaller train split, and a pause after each cell so a test can kill the run mid-grid.
-    parser.add_argument("--train-limit", type=int, default=0, help=argparse.SUPPRESS)
+    # Test hook, hidden: a pause after each cell so a test can kill the run mid-grid.
     parser.add_argument("--pause-after-cell", type=float, default=0.0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -450,6 +460,7 @@ def run(args: argparse.Namespace, glue_dir_env: str | None) -> int:
             epochs=args.epochs,
             dev_limit=args.dev_limit,
             train_limit=args.train_limit,
+            equal_compute=args.equal_compute,
         )
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")

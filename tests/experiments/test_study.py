@@ -27,6 +27,7 @@ from experiments.grid import (
     Cell,
     build_grid,
     estimate_total_s,
+    length_factor,
     resolve_spec,
 )
 from experiments.study import ResultsError, ResultsFile
@@ -39,7 +40,7 @@ def grid_args(glue_dir: Path, results: Path) -> list[str]:
     return [
         "--profile", "quick", "--backbone", "tiny", "--device", "cpu", "--threads", "1",
         "--tasks", "mrpc", "--methods", "bitfit", "full", "--fractions", "0.5", "1.0", "--budgets", "40",
-        "--seeds", "2", "--train-limit", "16", "--dev-limit", "8",
+        "--fraction-budget", "40", "--seeds", "2", "--train-limit", "16", "--dev-limit", "8",
         "--data-dir", str(glue_dir), "--results", str(results),
     ]  # fmt: skip
 
@@ -47,7 +48,7 @@ def grid_args(glue_dir: Path, results: Path) -> list[str]:
 def expected_ids() -> set[str]:
     spec = resolve_spec(
         QUICK, "cpu", backbone="tiny", tasks=["mrpc"], methods=["bitfit", "full"], fractions=[0.5, 1.0],
-        budgets_s=[40], seeds=2, dev_limit=8, train_limit=16,
+        fraction_budget_s=40, budgets_s=[40], seeds=2, dev_limit=8, train_limit=16,
     )  # fmt: skip
     return {cell.cell_id for cell in build_grid(spec)}
 
@@ -185,12 +186,22 @@ def test_two_runners_cannot_share_a_results_file(tmp_path: Path) -> None:
 
 def test_quick_grid_shape_and_shared_cells() -> None:
     cells = build_grid(resolve_spec(QUICK, "cpu", backbone="default"))
-    # 3 tasks x 3 methods x 2 seeds x (3 fractions + 2 budgets - the 40 s / 100% cell on both axes)
-    assert len(cells) == 3 * 3 * 2 * 4
+    # 3 tasks x 3 methods x 2 seeds x (3 fractions + 3 budgets - the unlimited 100% cell on both axes)
+    assert len(cells) == 3 * 3 * 2 * 5
     assert len({c.cell_id for c in cells}) == len(cells)
     shared = [c for c in cells if set(c.axes) == {FRACTION_AXIS, BUDGET_AXIS}]
-    assert len(shared) == 3 * 3 * 2 and all(c.data_fraction == 1.0 and c.time_budget_s == 40 for c in shared)
+    assert len(shared) == 3 * 3 * 2 and all(c.data_fraction == 1.0 and c.time_budget_s == 0 for c in shared)
     assert [c.seed for c in cells] == sorted(c.seed for c in cells)  # seed-major
+
+
+def test_equal_compute_scales_epochs_by_the_fraction() -> None:
+    cells = build_grid(resolve_spec(QUICK, "cpu", backbone="default", tasks=["mrpc"], methods=["bitfit"], seeds=1))
+    epochs = {(c.data_fraction, c.time_budget_s): c.train_epochs for c in cells}
+    assert epochs == {(0.1, 0.0): 10, (0.3, 0.0): 3, (1.0, 0.0): 1, (1.0, 10.0): 1, (1.0, 30.0): 1}
+    plain = build_grid(resolve_spec(QUICK, "cpu", backbone="default", equal_compute=False, epochs=2))
+    assert {c.train_epochs for c in plain} == {2}
+    with pytest.raises(ValueError, match="equal compute"):
+        resolve_spec(FULL, "cpu", backbone="default", equal_compute=True)  # method-default epochs cannot scale
 
 
 def test_cell_id_depends_on_the_config_only() -> None:
@@ -205,9 +216,11 @@ def test_cell_id_depends_on_the_config_only() -> None:
 def test_quick_profile_fits_an_hour_on_two_cpu_cores() -> None:
     """The estimate for the quick grid at the measured CPU rates leaves margin under 60 minutes."""
     cells = build_grid(resolve_spec(QUICK, "cpu", backbone="default"))
-    sizes = {"mrpc": (3668, 400), "stsb": (5749, 400), "cola": (8551, 400)}  # GLUE train sizes; dev limited
-    minutes = estimate_total_s(cells, sizes, {"full": 10, "bitfit": 10, "adapter": 10}, "cpu") / 60
-    assert minutes <= 55, minutes
+    assert QUICK.train_limit == 2500 and QUICK.dev_limit == 300
+    sizes = {task: (QUICK.train_limit, QUICK.dev_limit) for task in QUICK.tasks}  # GLUE splits are all larger
+    lengths = {"mrpc": length_factor(231.2), "stsb": length_factor(115.2), "cola": length_factor(40.7)}  # chars
+    minutes = estimate_total_s(cells, sizes, {"full": 10, "bitfit": 10, "adapter": 10}, "cpu", lengths) / 60
+    assert minutes <= 50, minutes
 
 
 def test_full_profile_budgets_scale_with_the_device() -> None:
@@ -310,3 +323,21 @@ def test_report_warns_when_a_file_mixes_settings(tmp_path: Path) -> None:
     written = report.write_report(path, tmp_path / "out")
     assert any("mixes 2 settings" in w for w in written.warnings)
     assert "mixes 2 settings" in written.markdown.read_text()
+
+
+def test_keep_best_optimism_is_measured_per_number_of_evaluations() -> None:
+    def record(task: str, best: float, history: list[float]) -> dict[str, Any]:
+        return {
+            "cell": {"task": task}, "primary_metric": "f1", "metrics": {"f1": best},
+            "history": [{"f1": value} for value in history], "train_config": {"keep_best": True},
+        }  # fmt: skip
+
+    records = [
+        record("mrpc", 0.84, [0.80, 0.84, 0.81]),  # kept 3 points above the last evaluation
+        record("mrpc", 0.83, [0.82, 0.83, 0.82]),  # 1 point
+        record("mrpc", 0.80, [0.80]),  # one evaluation: no gap
+        record("stsb", 0.851, [0.850, 0.851]),  # 0.1 points: under the threshold, not mentioned
+    ]
+    notes = report.keep_best_optimism(records)
+    assert len(notes) == 1 and notes[0].startswith("MRPC")
+    assert "2.0 with 3 evaluations (2 cells); 0.0 with 1 evaluation (1 cells)" in notes[0]
