@@ -89,7 +89,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 _POOL: ThreadPoolExecutor | None = None
 
 
-def concurrent_calls(calls: list[Callable[[], object]]) -> float:
+def concurrent_calls(calls: Sequence[Callable[[], object]]) -> float:
     """Run every call at once on a persistent pool (no thread start-up in the timing); wall seconds until all
     returned."""
     global _POOL
