@@ -57,7 +57,7 @@ from server.backbone import load_backbone
 from server.model import Features, PatchedModel
 from server.patches.heads import HeadSpec
 from server.patches.registry import get_method
-from server.store.format import PatchMeta, write_patch_file
+from server.store.format import write_patch_file
 from server.training.batching import bucketed_batches
 from server.training.config import TrainConfig
 from server.training.trainer import TrainingState, encode_examples, new_patch
@@ -112,16 +112,7 @@ class MethodRun:
 
     def patch_bytes(self, directory: Path) -> int:
         """Size of the patch file the store would write for this patch."""
-        backbone = self.model.backbone
-        meta = PatchMeta(
-            method=self.patch.method,
-            method_config=self.patch.config.to_dict(),
-            head=self.patch.head.to_dict(),
-            backbone_id=backbone.backbone_id,
-            backbone_fingerprint=backbone.fingerprint,
-            training={"task_name": TASK, "bench": "training"},
-            metrics={},
-        )
+        meta = self.patch.meta(self.model.backbone, {"task_name": TASK, "bench": "training"}, {})
         path = directory / f"{self.patch.method}.safetensors"
         write_patch_file(path, {n: p.detach() for n, p in self.params.items()}, meta)
         return path.stat().st_size

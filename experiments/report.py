@@ -597,9 +597,35 @@ def _subplots(plt: Any, count: int) -> tuple[Any, list[Any]]:
     return figure, list(axes[0])
 
 
-def _baseline_line(ax: Any, task: TaskResults) -> None:
+def _method_errorbars(ax: Any, method: str, xs: Sequence[float], groups: Sequence[Group]) -> None:
+    """One method's means with ± std bars (a setting run with one seed has no std: drawn without a bar)."""
+    ax.errorbar(
+        xs,
+        [g.mean for g in groups],
+        yerr=[0.0 if math.isnan(g.std) else g.std for g in groups],
+        marker="o",
+        capsize=4,
+        color=_color(method),
+        label=METHOD_TITLES.get(method, method),
+    )
+
+
+def _label_metric_axes(ax: Any, task: TaskResults, title: str, xlabel: str) -> None:
+    """The parts every metric-vs-setting panel shares: constant-prediction line, labels, grid, legend."""
     if task.baseline is not None:
         ax.axhline(task.baseline, color="grey", linestyle="--", linewidth=1, label="constant prediction")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"dev {_metric(task.metric)} ×100")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _save(plt: Any, figure: Any, title: str, path: Path) -> None:
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def plot_fraction(tasks: dict[str, TaskResults], path: Path) -> None:
@@ -613,25 +639,10 @@ def plot_fraction(tasks: dict[str, TaskResults], path: Path) -> None:
                 key=lambda g: g.fraction,
             )
             if groups:
-                ax.errorbar(
-                    [g.fraction * 100 for g in groups],
-                    [g.mean for g in groups],
-                    yerr=[0.0 if math.isnan(g.std) else g.std for g in groups],
-                    marker="o",
-                    capsize=4,
-                    color=_color(method),
-                    label=METHOD_TITLES.get(method, method),
-                )
-        _baseline_line(ax, task)
-        ax.set_title(f"{_title(task.task)} (budget {format_budget(budget or 0.0)})")
-        ax.set_xlabel("training data used (%)")
-        ax.set_ylabel(f"dev {_metric(task.metric)} ×100")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    figure.suptitle("Metric vs data fraction (mean ± std over seeds)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+                _method_errorbars(ax, method, [g.fraction * 100 for g in groups], groups)
+        title = f"{_title(task.task)} (budget {format_budget(budget or 0.0)})"
+        _label_metric_axes(ax, task, title, "training data used (%)")
+    _save(plt, figure, "Metric vs data fraction (mean ± std over seeds)", path)
 
 
 def plot_budget(tasks: dict[str, TaskResults], path: Path) -> None:
@@ -645,26 +656,11 @@ def plot_budget(tasks: dict[str, TaskResults], path: Path) -> None:
         for offset, method in enumerate(task.methods()):
             mine = sorted((g for g in groups if g.method == method), key=lambda g: _budget_key(g.budget))
             if mine:
-                ax.errorbar(
-                    [position[g.budget] + (offset - 1) * 0.06 for g in mine],  # small dodge so bars don't overlap
-                    [g.mean for g in mine],
-                    yerr=[0.0 if math.isnan(g.std) else g.std for g in mine],
-                    marker="o",
-                    capsize=4,
-                    color=_color(method),
-                    label=METHOD_TITLES.get(method, method),
-                )
-        _baseline_line(ax, task)
+                dodged = [position[g.budget] + (offset - 1) * 0.06 for g in mine]  # so the bars don't overlap
+                _method_errorbars(ax, method, dodged, mine)
         ax.set_xticks(range(len(budgets)), [format_budget(b) for b in budgets])
-        ax.set_title(f"{_title(task.task)} (100% data)")
-        ax.set_xlabel("training time budget")
-        ax.set_ylabel(f"dev {_metric(task.metric)} ×100")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    figure.suptitle("Metric vs time budget (mean ± std over seeds)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+        _label_metric_axes(ax, task, f"{_title(task.task)} (100% data)", "training time budget")
+    _save(plt, figure, "Metric vs time budget (mean ± std over seeds)", path)
 
 
 def plot_spread(tasks: dict[str, TaskResults], path: Path) -> None:
@@ -689,10 +685,7 @@ def plot_spread(tasks: dict[str, TaskResults], path: Path) -> None:
         ax.set_title(_title(task.task))
         ax.set_ylabel(f"seed − cell mean ({_metric(task.metric)} ×100)")
         ax.grid(alpha=0.3, axis="y")
-    figure.suptitle("Run-to-run spread: each seed's deviation from the mean of its setting")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(plt, figure, "Run-to-run spread: each seed's deviation from the mean of its setting", path)
 
 
 # ---- the report ------------------------------------------------------------------------------------------------

@@ -294,18 +294,9 @@ class RunContext:
 
 def patch_bytes(model: PatchedModel, result: TrainResult, task: str) -> int:
     """Size of the file the patch store would write for this patch (for ``full``: the whole model, ~90 MB)."""
-    from server.store.format import PatchMeta, write_patch_file
+    from server.store.format import write_patch_file
 
-    backbone = model.backbone
-    meta = PatchMeta(
-        method=result.patch.method,
-        method_config=result.patch.config.to_dict(),
-        head=result.patch.head.to_dict(),
-        backbone_id=backbone.backbone_id,
-        backbone_fingerprint=backbone.fingerprint,
-        training={**result.config.to_dict(), "task_name": task},
-        metrics=result.metrics,
-    )
+    meta = result.patch.meta(model.backbone, {**result.config.to_dict(), "task_name": task}, result.metrics)
     with tempfile.TemporaryDirectory(prefix="taskpatch-study-") as tmp:
         path = Path(tmp) / "patch.safetensors"
         write_patch_file(path, result.patch.tensors, meta)

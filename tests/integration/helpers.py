@@ -242,16 +242,22 @@ def probabilities(result: PredictResult) -> list[tuple[float, ...]]:
 # ---- errors ------------------------------------------------------------------------------------------------------
 
 
-def raw_call_code(call: Any) -> str:
-    """Run a raw-stub call (a callable returning a response or a response iterator); return the status code name."""
+def raw_call_status(call: Any) -> tuple[str, str]:
+    """Run a raw-stub call (a callable returning a response or a response iterator, drained); return the status code
+    name and the details exactly as the server sent them ("" when none: tests check that errors carry a message)."""
     try:
         response = call()
         if isinstance(response, Iterator):
             for _ in response:
                 pass
     except grpc.RpcError as err:
-        return error_from_rpc(err).code
-    return "OK"
+        return err.code().name, err.details() or ""
+    return "OK", ""
+
+
+def raw_call_code(call: Any) -> str:
+    """The status code name of a raw-stub call (see :func:`raw_call_status`)."""
+    return raw_call_status(call)[0]
 
 
 def raw_add_task(stub: pb_grpc.TaskPatchStub, requests: Iterable[pb.AddTaskRequest]) -> TaskPatchError | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from server.backbone import load_backbone
 from server.model import PatchedModel
-from server.store import PatchMeta, PatchStore, PatchVersion
+from server.store import PatchStore, PatchVersion
 from tests.helpers import random_patch
 
 
@@ -23,15 +23,8 @@ def tiny_model(backbone: str = "tiny") -> PatchedModel:
 def random_meta_and_tensors(name: str, seed: int, backbone: str = "tiny", labels: tuple[str, ...] = ("neg", "pos")):  # type: ignore[no-untyped-def]
     model = tiny_model(backbone)
     patch = random_patch(model, "bitfit", seed, labels=labels)
-    meta = PatchMeta(
-        method=patch.method,
-        method_config=patch.config.to_dict(),
-        head=patch.head.to_dict(),
-        backbone_id=model.backbone.backbone_id,
-        backbone_fingerprint=model.backbone.fingerprint,
-        training={"task_name": name, "seed": seed, "source": "tests/reliability/patches.py"},
-        metrics={"accuracy": 0.5},
-    )
+    training = {"task_name": name, "seed": seed, "source": "tests/reliability/patches.py"}
+    meta = patch.meta(model.backbone, training, {"accuracy": 0.5})
     return patch.tensors, meta
 
 

@@ -35,7 +35,14 @@ from protos import taskpatch_pb2_grpc as pb_grpc
 from server.names import TASK_NAME_PATTERN
 from server.store import PatchStore, read_patch_file, write_patch_file
 from tasks.metrics import METRICS
-from tests.integration.helpers import LABELS, client_code, internal_or_unknown, toy_examples, toy_regression
+from tests.integration.helpers import (
+    LABELS,
+    client_code,
+    internal_or_unknown,
+    raw_call_status,
+    toy_examples,
+    toy_regression,
+)
 from tests.reliability.patches import random_meta_and_tensors, tiny_model
 from tests.reliability.procs import Launcher, ServerProcess, server_argv
 
@@ -97,20 +104,9 @@ OUTCOMES: Counter[tuple[str, str]] = Counter()  # (rpc, code)
 FRAMEWORK_INTERNAL: Counter[str] = Counter()  # INTERNAL "Exception deserializing request!" from grpc itself
 
 
-def _code(call: Callable[[], Any]) -> tuple[str, str]:
-    try:
-        result = call()
-        if isinstance(result, Iterator):
-            for _ in result:
-                pass
-    except grpc.RpcError as err:
-        return err.code().name, err.details() or ""
-    return "OK", ""
-
-
 def send(rpc: str, call: Callable[[], Any]) -> str:
     """Make one request, count it, and check the answer carries a message; return the status code name."""
-    code, message = _code(call)
+    code, message = raw_call_status(call)
     SENT[rpc] += 1
     OUTCOMES[(rpc, code)] += 1
     assert code not in ("UNKNOWN", "UNAVAILABLE"), (rpc, code, message)
@@ -744,7 +740,7 @@ def test_error_messages_do_not_echo_unbounded_input(fuzz: Fuzz, rpc: str) -> Non
         spec = pb.TaskSpec(name="x", method=long, problem_type=pb.CLASSIFICATION, labels=list(LABELS))
         expected = "INVALID_ARGUMENT"
         call = lambda: fuzz.stub.AddTask(iter([pb.AddTaskRequest(spec=spec)]), timeout=TIMEOUT_S)  # noqa: E731
-    code, message = _code(call)
+    code, message = raw_call_status(call)
     SENT[rpc] += 1
     assert (code, len(message) <= 2000) == (expected, True), (code, message[:200])
 

@@ -26,7 +26,7 @@ from protos import taskpatch_pb2 as pb
 from protos import taskpatch_pb2_grpc as pb_grpc
 from server.names import TASK_NAME_PATTERN
 from server.settings import Settings
-from tests.integration.helpers import LABELS, client_code, toy_examples
+from tests.integration.helpers import LABELS, client_code, raw_call_code, toy_examples
 from tests.reliability.patches import random_meta_and_tensors
 from tests.reliability.procs import Launcher, ServerProcess, server_argv
 
@@ -51,17 +51,6 @@ def can_connect(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def code_of(call: Callable[[], Any]) -> str:
-    try:
-        result = call()
-        if isinstance(result, Iterator):
-            for _ in result:
-                pass
-    except grpc.RpcError as err:
-        return err.code().name
-    return "OK"
 
 
 # ---- binding -----------------------------------------------------------------------------------------------------
@@ -164,9 +153,9 @@ def _check_guarded(proc: ServerProcess, tmp_path: Path, *, auth_all: bool) -> No
         stub = pb_grpc.TaskPatchStub(channel)
         mutating, reading = _mutating_calls(stub, patch), _reading_calls(stub)
         for metadata in (NO_TOKEN, BAD, NOT_BEARER):
-            refused = {rpc: code_of(lambda call=call, md=metadata: call(md)) for rpc, call in mutating.items()}
+            refused = {rpc: raw_call_code(lambda call=call, md=metadata: call(md)) for rpc, call in mutating.items()}
             assert refused == dict.fromkeys(mutating, "UNAUTHENTICATED"), (metadata, refused)
-            reads = {rpc: code_of(lambda call=call, md=metadata: call(md)) for rpc, call in reading.items()}
+            reads = {rpc: raw_call_code(lambda call=call, md=metadata: call(md)) for rpc, call in reading.items()}
             if auth_all:
                 assert reads == dict.fromkeys(reading, "UNAUTHENTICATED"), reads
             else:
@@ -178,7 +167,7 @@ def _check_guarded(proc: ServerProcess, tmp_path: Path, *, auth_all: bool) -> No
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         # with the token, every mutating RPC goes through
-        allowed = {rpc: code_of(lambda call=call: call(GOOD)) for rpc, call in mutating.items()}
+        allowed = {rpc: raw_call_code(lambda call=call: call(GOOD)) for rpc, call in mutating.items()}
         assert allowed == {
             "AddTask": "OK",
             "DeleteTask": "OK",
@@ -400,7 +389,7 @@ def test_every_rpc_applies_the_same_name_rule(procs: Launcher, tmp_path: Path) -
             stub = pb_grpc.TaskPatchStub(channel)
             for name in NAMES:
                 valid = TASK_NAME_PATTERN.fullmatch(name) is not None
-                codes = {rpc: code_of(call) for rpc, call in _name_calls(stub, name, b"").items()}
+                codes = {rpc: raw_call_code(call) for rpc, call in _name_calls(stub, name, b"").items()}
                 invalid = {rpc for rpc, code in codes.items() if code == "INVALID_ARGUMENT"}
                 if valid:
                     # accepted by the rule; AddTask trains it, ImportTask gets junk bytes
